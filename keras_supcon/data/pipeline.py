@@ -1,0 +1,72 @@
+"""``tf.data`` input pipelines for the training stages.
+
+Each split of :class:`~keras_supcon.data.sources.DataSplits` yields
+``(uint8 image [H, W, C], label)``. The pipelines here resize (in parallel),
+optionally cache, shuffle, batch, augment whole batches (in parallel) and prefetch:
+
+- :func:`contrastive_batches`: ``(views [B, V, S, S, 3], labels [B])`` for the
+  contrastive losses, full batches only (a contrastive loss needs the batch);
+- :func:`supervised_batches`: ``(images [B, S, S, 3], labels [B])`` for the
+  classifier stages, optionally with crop-and-flip augmentation.
+
+Images stay raw RGB in [0, 255]: preprocessing lives inside the models.
+"""
+
+import tensorflow as tf
+
+from keras_supcon.data.augment import CONTRASTIVE_POLICY, WEAK_POLICY, augment_batch, make_views
+from keras_supcon.errors import ConfigError
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def resize_images(ds, image_size):
+    """uint8 ``[H, W, C]`` -> float32 ``[S, S, 3]`` in [0, 255] (bilinear; gray -> RGB)."""
+
+    def resize(image, label):
+        image = tf.cast(image, tf.float32)
+        image = tf.cond(tf.shape(image)[-1] == 1, lambda: tf.repeat(image, 3, axis=-1),
+                        lambda: image)
+        image = tf.image.resize(image, [image_size, image_size])
+        image = tf.ensure_shape(tf.clip_by_value(image, 0.0, 255.0), [image_size, image_size, 3])
+        return image, tf.cast(label, tf.int64)
+
+    return ds.map(resize, num_parallel_calls=AUTOTUNE)
+
+
+def _prepare(ds, image_size, *, shuffle, seed, cache, num_examples):
+    ds = resize_images(ds, image_size)
+    if cache:
+        ds = ds.cache()
+    if shuffle:
+        buffer = min(num_examples or 10_000, 10_000)
+        ds = ds.shuffle(max(buffer, 1), seed=seed, reshuffle_each_iteration=True)
+    return ds
+
+
+def contrastive_batches(ds, image_size, batch_size, *, views=2, policy=CONTRASTIVE_POLICY,
+                        shuffle=True, seed=None, cache=False, num_examples=None):
+    """Batches of ``(views [B, V, S, S, 3], labels [B])``; incomplete batches are dropped."""
+    if batch_size < 2:
+        raise ConfigError(f"a contrastive loss needs batch size >= 2; got {batch_size}")
+    if num_examples is not None and num_examples < batch_size:
+        raise ConfigError(f"batch size {batch_size} is larger than the {num_examples} "
+                          "training images; lower --batch-size")
+    ds = _prepare(ds, image_size, shuffle=shuffle, seed=seed, cache=cache,
+                  num_examples=num_examples)
+    ds = ds.batch(batch_size, drop_remainder=True)
+    ds = ds.map(lambda x, y: (make_views(x, views, policy), y), num_parallel_calls=AUTOTUNE)
+    return ds.prefetch(AUTOTUNE)
+
+
+def supervised_batches(ds, image_size, batch_size, *, augment=False, policy=WEAK_POLICY,
+                       shuffle=False, seed=None, cache=False, num_examples=None):
+    """Batches of ``(images [B, S, S, 3], labels [B])``, augmented if ``augment``."""
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be >= 1; got {batch_size}")
+    ds = _prepare(ds, image_size, shuffle=shuffle, seed=seed, cache=cache,
+                  num_examples=num_examples)
+    ds = ds.batch(batch_size)
+    if augment:
+        ds = ds.map(lambda x, y: (augment_batch(x, policy), y), num_parallel_calls=AUTOTUNE)
+    return ds.prefetch(AUTOTUNE)

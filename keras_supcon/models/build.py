@@ -1,0 +1,66 @@
+"""Build the models of the recipe, for Keras 3 or (``K=tf_keras``) its twin.
+
+- encoder: raw RGB images ``[B, S, S, 3]`` in [0, 255] -> pooled features ``[B, F]``
+  (the backbone's ``preprocess_input`` is the encoder's first layer);
+- projection head: features ``[B, F]`` -> L2-normalised embeddings ``[B, P]``;
+- contrastive model: views ``[B, V, S, S, 3]`` -> embeddings ``[B, V, P]``, the
+  input of :class:`~keras_supcon.losses.SupConLoss` / ``NPairsLoss``;
+- classifier: images -> class probabilities, on an encoder that is frozen for
+  linear evaluation (``encoder.trainable = False`` also puts its BatchNorm
+  layers in inference mode) or trainable for the cross-entropy baseline.
+"""
+
+import keras
+
+from keras_supcon.models.backbones import build_backbone, get_backbone, resolve_image_size
+from keras_supcon.models.layers import image_preprocess_class
+
+
+def build_encoder(backbone="small_resnet", image_size=None, weights=None, *, K=keras):
+    """Backbone ``backbone`` with its preprocessing and global average pooling."""
+    spec = get_backbone(backbone)
+    size = resolve_image_size(spec, image_size)
+    inputs = K.Input((size, size, 3), name="images")
+    x = image_preprocess_class(K)(spec.preprocess, name="preprocess")(inputs)
+    features = build_backbone(backbone, (size, size, 3), weights, K=K)(x)
+    return K.Model(inputs, features, name=f"encoder_{backbone}")
+
+
+def build_projection_head(input_dim, hidden_dim=512, projection_dim=128, *, K=keras):
+    """MLP ``Dense(hidden, relu) -> Dense(projection_dim)`` then L2 normalisation."""
+    inputs = K.Input((input_dim,), name="features")
+    x = K.layers.Dense(hidden_dim, activation="relu", name="head_hidden")(inputs)
+    x = K.layers.Dense(projection_dim, name="head_projection")(x)
+    x = K.layers.UnitNormalization(axis=-1, name="head_l2", dtype="float32")(x)
+    return K.Model(inputs, x, name="projection_head")
+
+
+def build_contrastive_model(encoder, head, views=2, *, K=keras):
+    """``[B, V, S, S, 3]`` views -> ``[B, V, P]`` embeddings (encoder and head shared).
+
+    The ``V`` views of a batch go through the encoder together as one batch of
+    ``B * V`` images, so BatchNorm statistics cover all views.
+    """
+    image_shape = tuple(encoder.input_shape[1:])
+    inputs = K.Input((views,) + image_shape, name="views")
+    features = K.layers.TimeDistributed(encoder, name="encode_views")(inputs)
+    embeddings = K.layers.TimeDistributed(head, name="project_views")(features)
+    return K.Model(inputs, embeddings, name="contrastive_model")
+
+
+def build_classifier(encoder, num_classes, *, dropout=0.0, K=keras):
+    """Images -> softmax probabilities over ``num_classes`` on top of ``encoder``."""
+    image_shape = tuple(encoder.input_shape[1:])
+    inputs = K.Input(image_shape, name="images")
+    x = encoder(inputs)
+    if dropout:
+        x = K.layers.Dropout(dropout, name="dropout")(x)
+    outputs = K.layers.Dense(num_classes, activation="softmax", dtype="float32",
+                             name="probabilities")(x)
+    return K.Model(inputs, outputs, name="classifier")
+
+
+def freeze(encoder):
+    """Freeze ``encoder`` for linear evaluation (weights fixed, BatchNorm in inference mode)."""
+    encoder.trainable = False
+    return encoder
