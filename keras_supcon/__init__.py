@@ -1,0 +1,30 @@
+"""keras_supcon: supervised contrastive representation learning for images in Keras 3.
+
+Public API::
+
+    from keras_supcon import data, losses, models
+    from keras_supcon import TrainConfig, train
+"""
+
+__version__ = "0.1.0"
+
+import os  # noqa: E402
+
+# TensorFlow's C++ warnings (grappler cost-model noise on every augmentation
+# graph) drown the progress bars; set TF_CPP_MIN_LOG_LEVEL yourself to see them.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from keras_supcon import data, evaluation, losses, models  # noqa: E402
+from keras_supcon.errors import (  # noqa: E402
+    ConfigError,
+    DataError,
+    KerasSupconError,
+    OfflineError,
+    RunDirError,
+)
+from keras_supcon.training import TrainConfig, train  # noqa: E402
+
+__all__ = [
+    "data", "losses", "models", "evaluation", "TrainConfig", "train", "KerasSupconError",
+    "ConfigError", "DataError", "OfflineError", "RunDirError", "__version__",
+]

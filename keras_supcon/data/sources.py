@@ -288,7 +288,7 @@ def _from_tfds(name, data_dir, val_fraction):
     if "image" not in features or "label" not in features:
         raise DataError(f"TFDS data set {name!r} has no 'image' and 'label' features")
     splits = builder.info.splits
-    if "train" not in splits or "test" not in splits:
+    if splits and ("train" not in splits or "test" not in splits):
         raise DataError(f"TFDS data set {name!r} needs 'train' and 'test' splits; "
                         f"has {', '.join(splits)}")
     keep = int(round(100 * (1 - val_fraction)))
@@ -300,5 +300,11 @@ def _from_tfds(name, data_dir, val_fraction):
         name=name,
         train=datasets["train"], val=datasets["val"], test=datasets["test"],
         num_classes=len(names), class_names=names,
-        sizes={k: int(splits[s].num_examples) for k, s in split_names.items()},
+        sizes={k: _count(ds) for k, ds in datasets.items()},
     )
+
+
+def _count(ds):
+    """Number of elements of ``ds`` (its cardinality, or one pass if that is unknown)."""
+    n = int(ds.cardinality())
+    return n if n >= 0 else int(ds.reduce(0, lambda count, _: count + 1))

@@ -1,0 +1,87 @@
+"""Figures of a run: training curves, t-SNE of embeddings, confusion matrix."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def plot_curves(history, title=""):
+    """Loss (left) and accuracy (right) per epoch, one line per stage and split."""
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    stages = list(dict.fromkeys(r["stage"] for r in history))
+    for stage in stages:
+        rows = [r for r in history if r["stage"] == stage]
+        epochs = [r["epoch"] for r in rows]
+        for key, ax, style in [("loss", ax_loss, "-"), ("val_loss", ax_loss, "--"),
+                               ("accuracy", ax_acc, "-"), ("val_accuracy", ax_acc, "--")]:
+            values = [r.get(key) for r in rows]
+            if any(v is not None for v in values):
+                split = "validation" if key.startswith("val_") else "train"
+                ax.plot(epochs, [np.nan if v is None else v for v in values], style,
+                        marker="o", ms=3, label=f"{stage} ({split})")
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss per epoch")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="Accuracy per epoch", ylim=(0, 1))
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def subsample_per_class(labels, max_per_class, seed=0):
+    """Indices with at most ``max_per_class`` items of each label."""
+    rng = np.random.default_rng(seed)
+    keep = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        keep.append(rng.permutation(idx)[:max_per_class] if len(idx) > max_per_class else idx)
+    return np.sort(np.concatenate(keep))
+
+
+def tsne_embedding(embeddings, labels, *, max_per_class=500, seed=0):
+    """2-D t-SNE of at most ``max_per_class`` embeddings per class: ``(points, labels)``."""
+    from sklearn.manifold import TSNE
+
+    idx = subsample_per_class(np.asarray(labels), max_per_class, seed)
+    x = np.asarray(embeddings, dtype=np.float64)[idx]
+    perplexity = float(min(30.0, max(2.0, (len(x) - 1) / 3)))
+    points = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed
+                  ).fit_transform(x)
+    return points, np.asarray(labels)[idx]
+
+
+def plot_tsne(points, labels, class_names, title=""):
+    fig, ax = plt.subplots(figsize=(7, 6))
+    cmap = plt.get_cmap("tab10" if len(class_names) <= 10 else "tab20")
+    for c, name in enumerate(class_names):
+        sel = labels == c
+        if sel.any():
+            ax.scatter(points[sel, 0], points[sel, 1], s=6, color=cmap(c % cmap.N), label=name)
+    ax.set(title=title or "t-SNE of test-set encoder embeddings", xticks=[], yticks=[])
+    if len(class_names) <= 20:
+        ax.legend(markerscale=3, fontsize=8, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def plot_confusion(confusion, class_names, title=""):
+    cm = np.asarray(confusion)
+    n = len(class_names)
+    fig, ax = plt.subplots(figsize=(max(5, 0.55 * n + 2), max(4, 0.5 * n + 1.5)))
+    im = ax.imshow(cm, cmap="Blues")
+    fig.colorbar(im, ax=ax, label="test images")
+    ax.set(xticks=range(n), yticks=range(n), xlabel="predicted class", ylabel="true class",
+           title=title or "Confusion matrix (test split)")
+    ax.set_xticklabels(class_names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticklabels(class_names, fontsize=8)
+    if n <= 20:
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if cm[i, j] > cm.max() / 2 else "black")
+    fig.tight_layout()
+    return fig

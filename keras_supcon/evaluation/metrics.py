@@ -1,0 +1,41 @@
+"""Classification metrics of a test split (scikit-learn)."""
+
+import numpy as np
+from sklearn import metrics as skm
+
+
+def predict(model, ds):
+    """Run ``model`` over a ``(x, y)`` dataset: ``(outputs [N, ...], labels [N])``."""
+    outputs, labels = [], []
+    for x, y in ds:
+        outputs.append(np.asarray(model(x, training=False)))
+        labels.append(np.asarray(y))
+    return np.concatenate(outputs), np.concatenate(labels)
+
+
+def classification_metrics(y_true, probs, class_names):
+    """Accuracy, top-5 accuracy, macro precision / recall / F1, per-class accuracy,
+    confusion matrix (rows: true class, columns: predicted), class names."""
+    y_true = np.asarray(y_true).astype(int)
+    probs = np.asarray(probs, dtype=np.float64)
+    num_classes = len(class_names)
+    y_pred = probs.argmax(axis=1)
+    labels = np.arange(num_classes)
+    k = min(5, num_classes)
+    precision, recall, f1, _ = skm.precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, average="macro", zero_division=0)
+    cm = skm.confusion_matrix(y_true, y_pred, labels=labels)
+    support = cm.sum(axis=1)
+    per_class = np.divide(np.diag(cm), support, out=np.zeros(num_classes), where=support > 0)
+    top_k = (np.argsort(-probs, axis=1)[:, :k] == y_true[:, None]).any(axis=1).mean()
+    return {
+        "num_examples": int(len(y_true)),
+        "accuracy": float(skm.accuracy_score(y_true, y_pred)),
+        f"top{k}_accuracy": float(top_k),
+        "precision_macro": float(precision),
+        "recall_macro": float(recall),
+        "f1_macro": float(f1),
+        "per_class_accuracy": {name: float(a) for name, a in zip(class_names, per_class)},
+        "confusion_matrix": cm.tolist(),
+        "class_names": list(class_names),
+    }

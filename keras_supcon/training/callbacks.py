@@ -1,0 +1,75 @@
+"""Callbacks of a run: history written atomically each epoch, checkpoints, early stopping."""
+
+import csv
+import io
+
+import keras
+import numpy as np
+
+HISTORY_FILE = "history.csv"
+
+
+def read_history(run):
+    """The rows of ``history.csv`` as dicts (numbers as floats); [] if none yet."""
+    path = run.file(HISTORY_FILE)
+    if not path.exists():
+        return []
+    rows = []
+    for row in csv.DictReader(io.StringIO(path.read_text())):
+        parsed = {k: (v if k == "stage" else (float(v) if v != "" else None))
+                  for k, v in row.items()}
+        parsed["epoch"] = int(parsed["epoch"])
+        rows.append(parsed)
+    return rows
+
+
+class HistoryCSV(keras.callbacks.Callback):
+    """Append one row per epoch (stage, epoch, logs, learning rate) to ``history.csv``.
+
+    The whole file is rewritten atomically each epoch. On resume, rows of this
+    stage from epochs after the restored checkpoint are dropped.
+    """
+
+    def __init__(self, run, stage):
+        super().__init__()
+        self.run = run
+        self.stage = stage
+
+    def on_epoch_begin(self, epoch, logs=None):
+        rows = read_history(self.run)
+        kept = [r for r in rows if not (r["stage"] == self.stage and r["epoch"] > epoch)]
+        if len(kept) != len(rows):
+            self._write(kept)
+
+    def on_epoch_end(self, epoch, logs=None):
+        row = {"stage": self.stage, "epoch": epoch + 1}
+        row.update({k: float(v) for k, v in (logs or {}).items()})
+        row["learning_rate"] = float(np.asarray(
+            keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)))
+        self._write(read_history(self.run) + [row])
+
+    def _write(self, rows):
+        columns = ["stage", "epoch"]
+        for row in rows:
+            columns += [k for k in row if k not in columns]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=columns, restval="", lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+        self.run.write_text(HISTORY_FILE, buf.getvalue())
+
+
+def stage_callbacks(run, stage, *, monitor, mode, epochs, patience=None):
+    """Per-epoch checkpoint (resumable), history, and early stopping / model selection.
+
+    Without ``patience`` training runs all epochs, and the weights of the best
+    epoch on ``monitor`` are restored at the end (model selection on validation).
+    """
+    return [
+        keras.callbacks.BackupAndRestore(str(run.checkpoint_dir(stage)), delete_checkpoint=False),
+        HistoryCSV(run, stage),
+        keras.callbacks.EarlyStopping(monitor=monitor, mode=mode,
+                                      patience=patience if patience else epochs + 1,
+                                      restore_best_weights=True, verbose=1),
+    ]

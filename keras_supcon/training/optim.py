@@ -1,0 +1,36 @@
+"""Optimizers with linear warm-up followed by cosine decay."""
+
+import keras
+
+from keras_supcon.errors import ConfigError
+
+OPTIMIZERS = ("adam", "sgd")
+
+
+def warmup_cosine(lr, total_steps, warmup_fraction=0.1):
+    """Linear warm-up from 0 to ``lr`` over ``warmup_fraction`` of the steps, then cosine to 0."""
+    if lr <= 0:
+        raise ConfigError(f"learning rate must be > 0; got {lr}")
+    if not 0 <= warmup_fraction < 1:
+        raise ConfigError(f"warm-up fraction must be in [0, 1); got {warmup_fraction}")
+    total_steps = max(int(total_steps), 1)
+    warmup = int(round(warmup_fraction * total_steps))
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0 if warmup else lr,
+        decay_steps=max(total_steps - warmup, 1),
+        warmup_target=lr if warmup else None,
+        warmup_steps=warmup,
+    )
+
+
+def make_optimizer(name, lr, *, total_steps, weight_decay=0.0, warmup_fraction=0.1):
+    """``adam`` or ``sgd`` (momentum 0.9), decoupled weight decay, warm-up + cosine LR."""
+    schedule = warmup_cosine(lr, total_steps, warmup_fraction)
+    if weight_decay < 0:
+        raise ConfigError(f"weight decay must be >= 0; got {weight_decay}")
+    wd = weight_decay or None
+    if name == "adam":
+        return keras.optimizers.Adam(schedule, weight_decay=wd)
+    if name == "sgd":
+        return keras.optimizers.SGD(schedule, momentum=0.9, weight_decay=wd)
+    raise ConfigError(f"unknown optimizer {name!r}; choose one of: {', '.join(OPTIMIZERS)}")

@@ -1,0 +1,147 @@
+"""The run directory: every stage reads and writes its files through here.
+
+Files are written atomically (a temporary file in the same folder, then
+``os.replace``), so a crash never leaves a half-written ``metrics.json`` or model.
+``state.json`` records which stages are complete; per-epoch checkpoints of the
+stage in progress live in ``checkpoints/<stage>/`` until that stage finishes.
+"""
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from keras_supcon.errors import RunDirError
+
+STATE_FILE = "state.json"
+CONFIG_FILE = "config.json"
+
+
+class RunDir:
+    def __init__(self, path):
+        self.path = Path(path)
+
+    @classmethod
+    def prepare(cls, path, *, resume=False, overwrite=False):
+        """Open ``path`` for a new run (``resume=False``) or an interrupted one.
+
+        A new run refuses a folder that already holds a run (finished or not)
+        unless ``overwrite``, and any other non-empty folder.
+        """
+        run = cls(path)
+        if resume:
+            if overwrite:
+                raise RunDirError("--resume and --overwrite exclude each other")
+            if not (run.path / STATE_FILE).is_file() or not (run.path / CONFIG_FILE).is_file():
+                raise RunDirError(f"--resume: {run.path} holds no checkpoint of a run "
+                                  f"(no {STATE_FILE} / {CONFIG_FILE})")
+            if run.is_finished():
+                raise RunDirError(f"--resume: the run in {run.path} is already finished")
+            return run
+        if run.path.exists():
+            if not run.path.is_dir():
+                raise RunDirError(f"--out {run.path} exists and is not a directory")
+            is_run = (run.path / STATE_FILE).exists() or (run.path / CONFIG_FILE).exists()
+            if is_run and not overwrite:
+                what = "a finished run" if run.is_finished() else "an unfinished run"
+                hint = "--overwrite" if run.is_finished() else "--resume or --overwrite"
+                raise RunDirError(f"--out {run.path} already holds {what}; use {hint}")
+            if is_run:
+                shutil.rmtree(run.path)
+            elif any(run.path.iterdir()):
+                raise RunDirError(f"--out {run.path} is not empty and holds no run; "
+                                  "choose another directory")
+        run.path.mkdir(parents=True, exist_ok=True)
+        return run
+
+    # ------------------------------------------------------------ atomic files
+    def file(self, name):
+        return self.path / name
+
+    @contextlib.contextmanager
+    def atomic_path(self, name):
+        """Yield a temporary path beside ``name``; on success it replaces ``name``.
+
+        Works for files and for directories (e.g. a SavedModel).
+        """
+        final = self.path / name
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp_dir = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+        tmp = tmp_dir / final.name  # keeps the suffix (.keras, .png) that writers check
+        try:
+            yield tmp
+            if final.is_dir():
+                trash = final.parent / f".{final.name}.old"
+                shutil.rmtree(trash, ignore_errors=True)
+                os.replace(final, trash)
+                os.replace(tmp, final)
+                shutil.rmtree(trash)
+            else:
+                os.replace(tmp, final)
+        finally:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+
+    def write_text(self, name, text):
+        with self.atomic_path(name) as tmp:
+            tmp.write_text(text)
+            return self.path / name
+
+    def write_json(self, name, obj):
+        return self.write_text(name, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+    def read_json(self, name):
+        path = self.path / name
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            raise RunDirError(f"{path} is missing") from None
+        except json.JSONDecodeError as exc:
+            raise RunDirError(f"{path} is not valid JSON ({exc})") from None
+
+    def save_figure(self, fig, name):
+        import matplotlib.pyplot as plt
+
+        with self.atomic_path(name) as tmp:
+            fig.savefig(tmp, dpi=120, bbox_inches="tight")
+        plt.close(fig)
+        return self.path / name
+
+    def save_model(self, model, name):
+        with self.atomic_path(name) as tmp:
+            model.save(tmp)
+        return self.path / name
+
+    # ------------------------------------------------------------ stage state
+    def state(self):
+        path = self.path / STATE_FILE
+        return self.read_json(STATE_FILE) if path.exists() else {"completed": [], "finished": False}
+
+    def _update_state(self, **changes):
+        state = self.state()
+        state.update(changes)
+        self.write_json(STATE_FILE, state)
+
+    def init_state(self):
+        self.write_json(STATE_FILE, {"completed": [], "finished": False})
+
+    def stage_done(self, stage):
+        return stage in self.state()["completed"]
+
+    def mark_stage_done(self, stage):
+        completed = self.state()["completed"]
+        if stage not in completed:
+            self._update_state(completed=completed + [stage])
+        shutil.rmtree(self.checkpoint_dir(stage), ignore_errors=True)
+
+    def mark_finished(self):
+        self._update_state(finished=True)
+        with contextlib.suppress(OSError):  # only if empty: no stage left a checkpoint
+            (self.path / "checkpoints").rmdir()
+
+    def is_finished(self):
+        return bool(self.state().get("finished"))
+
+    def checkpoint_dir(self, stage):
+        return self.path / "checkpoints" / stage

@@ -1,0 +1,166 @@
+import logging
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from keras_supcon.data import (
+    AugmentPolicy,
+    contrastive_batches,
+    from_arrays,
+    load_dataset,
+    supervised_batches,
+)
+from keras_supcon.data.augment import augment_batch
+from keras_supcon.errors import ConfigError, DataError, OfflineError
+
+
+def _first(ds):
+    return next(iter(ds))
+
+
+def test_digits_is_split_into_disjoint_train_val_test():
+    splits = load_dataset("digits", val_fraction=0.1, seed=3)
+    assert splits.sizes == {"train": 1293, "val": 144, "test": 360}
+    assert splits.num_classes == 10
+    images = {k: np.stack([x.numpy() for x, _ in getattr(splits, k)]) for k in splits.sizes}
+    assert images["train"].dtype == np.uint8 and images["train"].shape[1:] == (8, 8, 1)
+    assert {k: len(v) for k, v in images.items()} == splits.sizes
+    flat = {k: {v.tobytes() for v in images[k]} for k in images}
+    # sklearn's digits holds a few duplicate images, so compare counts, not identity
+    assert len(flat["test"] & flat["train"]) < 10
+    # the test split does not depend on the seed; validation does
+    other = load_dataset("digits", seed=4)
+    assert [int(y) for _, y in other.test] == [int(y) for _, y in splits.test]
+    assert [int(y) for _, y in other.val] != [int(y) for _, y in splits.val]
+
+
+def test_cifar_subset_npz(cifar_subset):
+    splits = load_dataset(str(cifar_subset))
+    assert splits.sizes == {"train": 4653, "val": 517, "test": 1017}
+    assert splits.class_names[:3] == ["airplane", "automobile", "bird"]
+    x, y = _first(splits.test)
+    assert x.shape == (32, 32, 3) and x.dtype == tf.uint8
+
+
+def _write_npz(path, **arrays):
+    np.savez(path, **arrays)
+    return str(path)
+
+
+def test_npz_errors(tmp_path):
+    x = np.zeros((10, 8, 8, 3), np.uint8)
+    y = np.arange(10) % 2
+    with pytest.raises(DataError, match="missing key.*x_test"):
+        load_dataset(_write_npz(tmp_path / "a.npz", x_train=x, y_train=y, y_test=y))
+    with pytest.raises(DataError, match="10 images but 9 labels"):
+        load_dataset(_write_npz(tmp_path / "b.npz", x_train=x, y_train=y[:9], x_test=x, y_test=y))
+    with pytest.raises(DataError, match=r"outside \[0, 2\)"):
+        load_dataset(_write_npz(tmp_path / "c.npz", x_train=x, y_train=y + 1, x_test=x, y_test=y,
+                                class_names=np.array(["a", "b"])))
+    with pytest.raises(DataError, match="outside"):
+        load_dataset(_write_npz(tmp_path / "d.npz", x_train=x, y_train=y - 1, x_test=x, y_test=y))
+    with pytest.raises(DataError, match="no such file"):
+        load_dataset(str(tmp_path / "missing.npz"))
+    (tmp_path / "e.npz").write_text("garbage")
+    with pytest.raises(DataError, match="cannot read"):
+        load_dataset(str(tmp_path / "e.npz"))
+    with pytest.raises(DataError, match=r"images must be"):
+        from_arrays(np.zeros((4, 8, 8, 2)), [0, 1, 0, 1], x, y)
+
+
+def _make_folder(root, classes, per_class, size=12):
+    rng = np.random.default_rng(0)
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 255, size=(size, size + i % 3, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / c / f"{i}.png")
+
+
+def test_image_folder_with_unreadable_files(tmp_path, caplog):
+    _make_folder(tmp_path / "imgs", ["cat", "dog", "eel"], 10)
+    (tmp_path / "imgs" / "cat" / "broken.png").write_bytes(b"\x89PNG not really")
+    (tmp_path / "imgs" / "notes.txt").write_text("ignored")
+    with caplog.at_level(logging.WARNING):
+        splits = load_dataset(str(tmp_path / "imgs"), val_fraction=0.2)
+    assert "skipped 1 unreadable image file" in caplog.text
+    assert splits.class_names == ["cat", "dog", "eel"]
+    assert sum(splits.sizes.values()) == 30 and splits.sizes["test"] == 6
+    images, labels = _first(supervised_batches(splits.train, 16, 64))
+    assert images.shape == (splits.sizes["train"], 16, 16, 3)
+    assert set(labels.numpy()) == {0, 1, 2}
+
+
+def test_image_folder_with_train_and_test_parts(tmp_path):
+    _make_folder(tmp_path / "d" / "train", ["a", "b"], 6)
+    _make_folder(tmp_path / "d" / "test", ["a", "b"], 2)
+    splits = load_dataset(str(tmp_path / "d"), val_fraction=0.25)
+    assert splits.sizes == {"train": 9, "val": 3, "test": 4}
+
+
+def test_empty_or_unreadable_folders_are_errors(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no class sub-folders"):
+        load_dataset(str(tmp_path / "empty"))
+    (tmp_path / "bad" / "x").mkdir(parents=True)
+    (tmp_path / "bad" / "x" / "1.png").write_text("nope")
+    with pytest.raises(DataError, match="no readable images"):
+        load_dataset(str(tmp_path / "bad"))
+
+
+def test_tfds_source_through_mock_data():
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=20):
+        splits = load_dataset("cifar10", val_fraction=0.2)
+        # the mock has no metadata: label names are "0".."9", each split 20 examples
+        assert splits.num_classes == 10 and len(splits.class_names) == 10
+        assert splits.sizes == {"train": 20, "val": 20, "test": 20}
+        x, y = _first(contrastive_batches(splits.train, 32, 4))
+        assert x.shape == (4, 2, 32, 32, 3)
+
+
+def test_tfds_unknown_name_and_offline(monkeypatch):
+    import tensorflow_datasets as tfds
+
+    with pytest.raises(DataError, match="unknown dataset 'no_such_set'"):
+        load_dataset("no_such_set")
+
+    def offline(self, *args, **kwargs):
+        raise ConnectionError("Failed to resolve 'www.cs.toronto.edu'")
+
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", offline)
+    with pytest.raises(OfflineError, match="could not download.*--dataset digits"):
+        load_dataset("cifar10")
+
+
+def test_contrastive_batches_give_two_different_views_in_range():
+    splits = load_dataset("digits")
+    views, labels = _first(contrastive_batches(splits.train, 24, 16, seed=0))
+    assert views.shape == (16, 2, 24, 24, 3) and labels.shape == (16,)
+    v = views.numpy()
+    assert v.min() >= 0 and v.max() <= 255
+    assert np.abs(v[:, 0] - v[:, 1]).mean() > 1.0
+    with pytest.raises(ConfigError, match="batch size >= 2"):
+        contrastive_batches(splits.train, 24, 1)
+    with pytest.raises(ConfigError, match="larger than the 10 training images"):
+        contrastive_batches(splits.train, 24, 16, num_examples=10)
+
+
+def test_augmentation_pieces():
+    images = tf.constant(np.random.default_rng(0).uniform(0, 255, (6, 10, 10, 3)), tf.float32)
+    identity = AugmentPolicy(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip=False,
+                             jitter_prob=0.0, grayscale_prob=0.0)
+    np.testing.assert_allclose(augment_batch(images, identity).numpy(), images.numpy(),
+                               atol=1e-3)
+    gray = AugmentPolicy(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip=False,
+                         jitter_prob=0.0, grayscale_prob=1.0)
+    out = augment_batch(images, gray).numpy()
+    np.testing.assert_allclose(out[..., 0], out[..., 2], atol=1e-4)
+    flip = AugmentPolicy(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip=True,
+                         jitter_prob=0.0, grayscale_prob=0.0)
+    out = augment_batch(images, flip).numpy()
+    for o, i in zip(out, images.numpy()):
+        assert np.allclose(o, i, atol=1e-3) or np.allclose(o, i[:, ::-1], atol=1e-3)

@@ -1,0 +1,175 @@
+"""End-to-end: the whole job through the library and the CLI, resume, errors, README snippet."""
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_supcon import train
+from keras_supcon.compression import serve_saved_model
+from keras_supcon.data import load_dataset, supervised_batches
+from keras_supcon.train import main
+
+QUICK = dict(backbone="small_resnet", image_size=16, epochs=1, linear_epochs=1, batch_size=32,
+             verbose=0)
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "supcon"
+    metrics = train(out=str(out), **QUICK)
+    return out, metrics
+
+
+def test_run_writes_every_output(finished_run):
+    out, metrics = finished_run
+    for name in ["config.json", "history.csv", "metrics.json", "curves.png", "tsne.png",
+                 "confusion.png", "encoder.keras", "classifier.keras", "saved_model",
+                 "state.json"]:
+        assert (out / name).exists(), name
+    assert not (out / "checkpoints").exists()
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+    config = json.loads((out / "config.json").read_text())
+    assert config["settings"]["backbone"] == "small_resnet"
+    assert config["settings"]["temperature"] == 0.1
+    assert {"keras", "tensorflow"} <= set(config["versions"])
+    on_disk = json.loads((out / "metrics.json").read_text())
+    assert on_disk["accuracy"] == metrics["accuracy"]
+    assert set(on_disk) >= {"accuracy", "top5_accuracy", "precision_macro", "recall_macro",
+                            "f1_macro", "per_class_accuracy", "confusion_matrix", "class_names"}
+    assert np.array(on_disk["confusion_matrix"]).sum() == on_disk["num_examples"] == 360
+    rows = list(csv.DictReader((out / "history.csv").open()))
+    assert [(r["stage"], r["epoch"]) for r in rows] == [("pretrain", "1"), ("linear", "1")]
+    assert rows[1]["val_accuracy"] != ""
+
+
+def test_saved_model_reproduces_the_keras_classifier(finished_run):
+    out, _ = finished_run
+    classifier = keras.models.load_model(out / "classifier.keras")
+    images, _ = next(iter(supervised_batches(load_dataset("digits").test, 16, 64)))
+    served = serve_saved_model(out / "saved_model", images.numpy())
+    np.testing.assert_allclose(served, np.asarray(classifier(images)), rtol=1e-5, atol=1e-6)
+    loaded = tf.saved_model.load(str(out / "saved_model"))
+    sig = loaded.signatures["serving_default"]
+    assert list(sig.structured_outputs) == ["probabilities"]
+    assert sig.structured_input_signature[1]["images"].shape.as_list() == [None, 16, 16, 3]
+
+
+def test_cli_refuses_a_finished_run_without_overwrite(finished_run, capsys):
+    out, _ = finished_run
+    assert main(["--out", str(out), "--epochs", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "already holds a finished run" in err
+
+
+def run_cli(argv):
+    """``main(argv)``'s exit status, also when argparse exits."""
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return exc.code
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--backbone", "vgg99"], "invalid choice: 'vgg99'"),
+    (["--loss", "hinge"], "invalid choice: 'hinge'"),
+    (["--dataset", "no_such_tfds_set"], "unknown dataset 'no_such_tfds_set'"),
+    (["--dataset", "missing/file.npz"], "no such file"),
+    (["--backbone", "inceptionv3", "--image-size", "64"], "below the minimum of inceptionv3"),
+    (["--batch-size", "1"], "batch size >= 2"),
+    (["--resume"], "--resume needs --out"),
+    (["--weights", "nowhere.h5"], "weights file not found"),
+    (["--temperature", "0"], "temperature must be > 0"),
+])
+def test_cli_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path):
+    argv = argv + (["--out", str(tmp_path / "r")] if "--resume" not in argv else [])
+    assert run_cli(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and err.count("\n") == 0, err
+    assert message in err
+
+
+def test_cli_resume_without_checkpoint(capsys, tmp_path):
+    assert main(["--resume", "--out", str(tmp_path / "empty")]) == 2
+    assert "holds no checkpoint" in capsys.readouterr().err
+
+
+def test_bad_labels_in_npz_are_reported(capsys, tmp_path):
+    x = np.zeros((8, 8, 8, 3), np.uint8)
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=np.arange(8), x_test=x, y_test=np.arange(8),
+             class_names=np.array(["a", "b", "c"]))
+    assert main(["--dataset", str(tmp_path / "d.npz"), "--out", str(tmp_path / "r")]) == 2
+    assert re.search(r"error: .*y_train: 5 label\(s\) outside \[0, 3\)", capsys.readouterr().err)
+
+
+class _Crash(keras.callbacks.Callback):
+    """Simulates an interrupted run: raises after a given epoch of a given stage."""
+
+    fired = False
+
+    def __init__(self, stage, epoch):
+        super().__init__()
+        self.stage, self.epoch = stage, epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch and not _Crash.fired:
+            _Crash.fired = True
+            raise KeyboardInterrupt("simulated interruption")
+
+
+def test_resume_continues_from_the_last_checkpoint(tmp_path, monkeypatch):
+    import keras_supcon.training.run as run_module
+
+    real = run_module.stage_callbacks
+    epochs_run = []
+
+    def with_crash(run, stage, **kw):
+        class Count(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                epochs_run.append((stage, epoch + 1))
+        extra = [_Crash(stage, 1)] if stage == "pretrain" else []
+        return real(run, stage, **kw) + [Count()] + extra
+
+    monkeypatch.setattr(run_module, "stage_callbacks", with_crash)
+    out = tmp_path / "r"
+    settings = dict(QUICK, epochs=3, linear_epochs=2)
+    with pytest.raises(KeyboardInterrupt):
+        train(out=str(out), **settings)
+    assert (out / "checkpoints" / "pretrain").exists()
+    assert not (out / "metrics.json").exists()
+    metrics = train(out=str(out), resume=True)
+    assert epochs_run == [("pretrain", 1), ("pretrain", 2), ("pretrain", 3),
+                          ("linear", 1), ("linear", 2)]
+    rows = list(csv.DictReader((out / "history.csv").open()))
+    assert [(r["stage"], int(r["epoch"])) for r in rows] == [
+        ("pretrain", 1), ("pretrain", 2), ("pretrain", 3), ("linear", 1), ("linear", 2)]
+    assert json.loads((out / "metrics.json").read_text())["accuracy"] == metrics["accuracy"]
+
+
+def test_ce_and_npairs_losses_run(tmp_path):
+    for loss in ("ce", "npairs"):
+        metrics = train(out=str(tmp_path / loss), loss=loss, **QUICK)
+        assert 0.0 <= metrics["accuracy"] <= 1.0
+    history = list(csv.DictReader((tmp_path / "ce" / "history.csv").open()))
+    assert [r["stage"] for r in history] == ["ce"]
+
+
+def test_readme_python_snippet_runs():
+    text = README.read_text()
+    section = text.split("## Python API", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    namespace = {}
+    exec(compile(code, str(README), "exec"), namespace)
+    assert namespace["classifier"].output_shape == (None, 10)
+
+
+def test_readme_commands_are_the_ones_tested():
+    text = README.read_text()
+    assert "python -m keras_supcon.train --backbone densenet201" in text
+    assert "python -m pytest" in text
