@@ -13,7 +13,7 @@ Then test metrics, figures and a SavedModel export, all into the run directory.
 import dataclasses
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -81,7 +81,6 @@ class TrainConfig:
     cache: bool = False
     out: str = None
     verbose: str = "auto"  # Keras fit verbosity: "auto" (progress bar), 0, 1 or 2
-    extra: dict = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, d):
