@@ -160,6 +160,16 @@ def test_ce_and_npairs_losses_run(tmp_path):
     assert [r["stage"] for r in history] == ["ce"]
 
 
+def test_mixed_precision_run(tmp_path):
+    try:
+        metrics = train(out=str(tmp_path / "mp"), mixed_precision=True, **QUICK)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert np.isfinite(metrics["f1_macro"]) and metrics["saved_model_max_abs_diff"] < 1e-4
+    rows = list(csv.DictReader((tmp_path / "mp" / "history.csv").open()))
+    assert all(np.isfinite(float(r["loss"])) for r in rows)
+
+
 def test_readme_python_snippet_runs():
     text = README.read_text()
     section = text.split("## Python API", 1)[1]

@@ -200,7 +200,9 @@ def train(config=None, *, resume=False, overwrite=False, **settings):
         if config.out is None:
             raise ConfigError("--resume needs --out RUN_DIR")
         run = RunDir.prepare(config.out, resume=True)
-        config = TrainConfig.from_dict(run.read_json(CONFIG_FILE)["settings"]).validate()
+        config = TrainConfig.from_dict(run.read_json(CONFIG_FILE)["settings"])
+        config.out = str(run.path)  # the folder may have moved since
+        config.validate()
         log.info("resuming %s (completed stages: %s)", run.path,
                  ", ".join(run.state()["completed"]) or "none")
     else:
