@@ -3,7 +3,7 @@
 Public API::
 
     from keras_supcon import data, losses, models
-    from keras_supcon import TrainConfig, train
+    from keras_supcon import TrainConfig, run_training   # the whole CLI job as one call
 """
 
 __version__ = "0.1.0"
@@ -22,9 +22,11 @@ from keras_supcon.errors import (  # noqa: E402
     OfflineError,
     RunDirError,
 )
-from keras_supcon.training import TrainConfig, train  # noqa: E402
+# Not named ``train``: that name is the CLI module ``keras_supcon.train``.
+from keras_supcon.training import TrainConfig  # noqa: E402
+from keras_supcon.training import train as run_training  # noqa: E402
 
 __all__ = [
-    "data", "losses", "models", "evaluation", "TrainConfig", "train", "KerasSupconError",
+    "data", "losses", "models", "evaluation", "TrainConfig", "run_training", "KerasSupconError",
     "ConfigError", "DataError", "OfflineError", "RunDirError", "__version__",
 ]

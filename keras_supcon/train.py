@@ -16,10 +16,6 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see --help)\n")
 
 
-def _weights(value):
-    return value
-
-
 def build_parser():
     from keras_supcon.models.backbones import BACKBONES
     from keras_supcon.training.run import LOSSES, TrainConfig
@@ -42,7 +38,7 @@ def build_parser():
     model = p.add_argument_group("model")
     model.add_argument("--backbone", default=d.backbone, choices=list(BACKBONES),
                        metavar="{" + ",".join(BACKBONES) + "}")
-    model.add_argument("--weights", default=d.weights, type=_weights,
+    model.add_argument("--weights", default=d.weights,
                        help="none | imagenet (needs the network) | PATH of a weights file")
     model.add_argument("--projection-dim", type=int, default=d.projection_dim)
     model.add_argument("--head-hidden", type=int, default=d.head_hidden)

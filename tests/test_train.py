@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_supcon import train
+import keras_supcon
+from keras_supcon.training import train
 from keras_supcon.compression import serve_saved_model
 from keras_supcon.data import load_dataset, supervised_batches
 from keras_supcon.train import main
@@ -177,6 +178,12 @@ def test_readme_python_snippet_runs():
     namespace = {}
     exec(compile(code, str(README), "exec"), namespace)
     assert namespace["classifier"].output_shape == (None, 10)
+
+
+def test_package_entry_point_survives_importing_the_cli():
+    import keras_supcon.train as cli
+
+    assert callable(cli.main) and keras_supcon.run_training is train
 
 
 def test_readme_commands_are_the_ones_tested():
