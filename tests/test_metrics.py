@@ -50,5 +50,6 @@ def test_metrics_match_plain_loops(n, num_classes, seed):
     cm = np.array(expected["confusion_matrix"])
     for c, name in enumerate(names):
         support = cm[c].sum()
-        assert got["per_class_accuracy"][name] == pytest.approx(cm[c, c] / support if support else 0)
+        expected_acc = cm[c, c] / support if support else 0
+        assert got["per_class_accuracy"][name] == pytest.approx(expected_acc)
     assert got["class_names"] == names and got["num_examples"] == n

@@ -44,14 +44,19 @@ def _prepare(ds, image_size, *, shuffle, seed, cache, num_examples):
     return ds
 
 
-def contrastive_batches(ds, image_size, batch_size, *, views=2, policy=CONTRASTIVE_POLICY,
-                        shuffle=True, seed=None, cache=False, num_examples=None):
-    """Batches of ``(views [B, V, S, S, 3], labels [B])``; incomplete batches are dropped."""
+def check_contrastive_batch_size(batch_size, num_examples=None):
+    """A contrastive batch needs 2+ images, and (drop_remainder) at most ``num_examples``."""
     if batch_size < 2:
         raise ConfigError(f"a contrastive loss needs batch size >= 2; got {batch_size}")
     if num_examples is not None and num_examples < batch_size:
         raise ConfigError(f"batch size {batch_size} is larger than the {num_examples} "
                           "training images; lower --batch-size")
+
+
+def contrastive_batches(ds, image_size, batch_size, *, views=2, policy=CONTRASTIVE_POLICY,
+                        shuffle=True, seed=None, cache=False, num_examples=None):
+    """Batches of ``(views [B, V, S, S, 3], labels [B])``; incomplete batches are dropped."""
+    check_contrastive_batch_size(batch_size, num_examples)
     ds = _prepare(ds, image_size, shuffle=shuffle, seed=seed, cache=cache,
                   num_examples=num_examples)
     ds = ds.batch(batch_size, drop_remainder=True)

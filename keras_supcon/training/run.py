@@ -22,6 +22,7 @@ import numpy as np
 
 from keras_supcon.compression.export import check_saved_model, export_saved_model
 from keras_supcon.data import contrastive_batches, load_dataset, supervised_batches
+from keras_supcon.data.pipeline import check_contrastive_batch_size
 from keras_supcon.errors import ConfigError
 from keras_supcon.evaluation import (
     classification_metrics,
@@ -103,8 +104,8 @@ class TrainConfig:
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"unknown optimizer {self.optimizer!r}; "
                               f"choose one of: {', '.join(OPTIMIZERS)}")
-        if self.loss != "ce" and self.batch_size < 2:
-            raise ConfigError(f"a contrastive loss needs batch size >= 2; got {self.batch_size}")
+        if self.loss != "ce":
+            check_contrastive_batch_size(self.batch_size)
         if self.batch_size < 1:
             raise ConfigError(f"batch size must be >= 1; got {self.batch_size}")
         if self.views < 1 or (self.loss == "simclr" and self.views < 2):
@@ -172,8 +173,8 @@ def _pretrain(config, data, run, encoder):
     head = build_projection_head(encoder.output_shape[-1], config.head_hidden,
                                  config.projection_dim)
     model = build_contrastive_model(encoder, head, views=config.views)
-    _fit(model, contrastive_loss(config), None, train_ds, val_ds, run=run, stage="pretrain", epochs=config.epochs,
-         steps=_steps(n_train, config.batch_size, True), lr=config.lr,
+    _fit(model, contrastive_loss(config), None, train_ds, val_ds, run=run, stage="pretrain",
+         epochs=config.epochs, steps=_steps(n_train, config.batch_size, True), lr=config.lr,
          monitor="val_loss" if val_ds is not None else "loss", mode="min", config=config)
 
 
@@ -184,8 +185,8 @@ def _train_classifier(config, data, run, classifier, stage, epochs, lr):
                                   num_examples=n_train)
     val_ds = supervised_batches(data.val, config.image_size, config.batch_size,
                                 cache=config.cache)
-    _fit(classifier, "sparse_categorical_crossentropy", ["accuracy"], train_ds, val_ds, run=run, stage=stage, epochs=epochs,
-         steps=_steps(n_train, config.batch_size, False), lr=lr,
+    _fit(classifier, "sparse_categorical_crossentropy", ["accuracy"], train_ds, val_ds, run=run,
+         stage=stage, epochs=epochs, steps=_steps(n_train, config.batch_size, False), lr=lr,
          monitor="val_accuracy", mode="max", config=config)
 
 
@@ -214,9 +215,8 @@ def train(config=None, *, resume=False, overwrite=False, **settings):
     data = load_dataset(config.dataset, data_dir=config.data_dir,
                         val_fraction=config.val_fraction, seed=config.seed)
     log.info("data %s", data.describe())
-    if config.loss != "ce" and config.batch_size > data.sizes["train"]:
-        raise ConfigError(f"batch size {config.batch_size} is larger than the "
-                          f"{data.sizes['train']} training images; lower --batch-size")
+    if config.loss != "ce":
+        check_contrastive_batch_size(config.batch_size, data.sizes["train"])
     if not resume:
         run.write_json(CONFIG_FILE, {"settings": asdict(config), "versions": library_versions()})
         run.init_state()
@@ -247,7 +247,8 @@ def train(config=None, *, resume=False, overwrite=False, **settings):
         _train_classifier(config, data, run, classifier, stage,
                           config.epochs if stage == "ce" else config.linear_epochs,
                           config.lr if stage == "ce" else config.linear_lr)
-        run.save_model(encoder, "encoder.keras")
+        if stage == "ce":  # a frozen encoder was saved when pre-training ended
+            run.save_model(encoder, "encoder.keras")
         run.save_model(classifier, "classifier.keras")
         run.mark_stage_done(stage)
 
