@@ -4,6 +4,8 @@ Public API::
 
     from keras_supcon import data, losses, models
     from keras_supcon import TrainConfig, run_training   # the whole CLI job as one call
+    from keras_supcon import PruneConfig, prune_run      # python -m keras_supcon.prune
+    from keras_supcon.compression import prune_classifier, to_tf_keras
 """
 
 __version__ = "0.1.0"
@@ -14,7 +16,8 @@ import os  # noqa: E402
 # graph) drown the progress bars; set TF_CPP_MIN_LOG_LEVEL yourself to see them.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from keras_supcon import data, evaluation, losses, models  # noqa: E402
+from keras_supcon import compression, data, evaluation, losses, models  # noqa: E402
+from keras_supcon.compression.run import PruneConfig, prune_run  # noqa: E402
 from keras_supcon.errors import (  # noqa: E402
     ConfigError,
     DataError,
@@ -27,6 +30,7 @@ from keras_supcon.training import TrainConfig  # noqa: E402
 from keras_supcon.training import train as run_training  # noqa: E402
 
 __all__ = [
-    "data", "losses", "models", "evaluation", "TrainConfig", "run_training", "KerasSupconError",
+    "data", "losses", "models", "evaluation", "compression", "TrainConfig", "run_training",
+    "PruneConfig", "prune_run", "KerasSupconError",
     "ConfigError", "DataError", "OfflineError", "RunDirError", "__version__",
 ]

@@ -85,3 +85,24 @@ def plot_confusion(confusion, class_names, title=""):
                         color="white" if cm[i, j] > cm.max() / 2 else "black")
     fig.tight_layout()
     return fig
+
+
+def plot_sweep(rows, title=""):
+    """Test accuracy (left axis) and zipped model size (right axis) against the
+    achieved sparsity of the pruned kernels; the dense model is the first row."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    dense, pruned = rows[0], rows[1:]
+    x = [100 * r["achieved_sparsity"] for r in pruned]
+    ax.plot(x, [r["accuracy"] for r in pruned], "o-", color="C0", label="pruned, fine-tuned")
+    ax.axhline(dense["accuracy"], color="C0", ls="--", lw=1, label="dense (trained run)")
+    ax.set(xlabel="sparsity of prunable kernels (%)", ylabel="test accuracy", title=title)
+    ax.grid(alpha=0.3)
+    size = ax.twinx()
+    size.plot(x, [r["zipped_bytes"] / 1024 for r in pruned], "s:", color="C1",
+              label="zipped SavedModel")
+    size.set_ylabel("zipped SavedModel size (KB)", color="C1")
+    lines = ax.get_legend_handles_labels()
+    more = size.get_legend_handles_labels()
+    ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=8, loc="lower left")
+    fig.tight_layout()
+    return fig

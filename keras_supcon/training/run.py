@@ -146,7 +146,7 @@ def _steps(num_examples, batch_size, drop_remainder):
 
 
 def _fit(model, loss, metrics, train_ds, val_ds, *, run, stage, epochs, steps, lr, monitor,
-         mode, config):
+         mode, config, extra_callbacks=()):
     model.compile(
         optimizer=make_optimizer(config.optimizer, lr, total_steps=epochs * steps,
                                  weight_decay=config.weight_decay,
@@ -155,7 +155,7 @@ def _fit(model, loss, metrics, train_ds, val_ds, *, run, stage, epochs, steps, l
         metrics=metrics,
     )
     callbacks = stage_callbacks(run, stage, monitor=monitor, mode=mode, epochs=epochs,
-                                patience=config.early_stopping)
+                                patience=config.early_stopping) + list(extra_callbacks)
     log.info("stage %s: %d epochs of %d steps", stage, epochs, steps)
     # shuffle=False: the tf.data pipelines shuffle themselves.
     model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks,
@@ -178,7 +178,9 @@ def _pretrain(config, data, run, encoder):
          monitor="val_loss" if val_ds is not None else "loss", mode="min", config=config)
 
 
-def _train_classifier(config, data, run, classifier, stage, epochs, lr):
+def train_classifier(config, data, run, classifier, stage, epochs, lr, extra_callbacks=()):
+    """Cross-entropy training of ``classifier`` as stage ``stage`` of ``run`` (augmented
+    train split, best validation-accuracy epoch kept; settings from ``config``)."""
     n_train = data.sizes["train"]
     train_ds = supervised_batches(data.train, config.image_size, config.batch_size, augment=True,
                                   shuffle=True, seed=config.seed, cache=config.cache,
@@ -187,7 +189,7 @@ def _train_classifier(config, data, run, classifier, stage, epochs, lr):
                                 cache=config.cache)
     _fit(classifier, "sparse_categorical_crossentropy", ["accuracy"], train_ds, val_ds, run=run,
          stage=stage, epochs=epochs, steps=_steps(n_train, config.batch_size, False), lr=lr,
-         monitor="val_accuracy", mode="max", config=config)
+         monitor="val_accuracy", mode="max", config=config, extra_callbacks=extra_callbacks)
 
 
 def train(config=None, *, resume=False, overwrite=False, **settings):
@@ -244,7 +246,7 @@ def train(config=None, *, resume=False, overwrite=False, **settings):
         if stage == "linear":
             freeze(encoder)
         classifier = build_classifier(encoder, data.num_classes)
-        _train_classifier(config, data, run, classifier, stage,
+        train_classifier(config, data, run, classifier, stage,
                           config.epochs if stage == "ce" else config.linear_epochs,
                           config.lr if stage == "ce" else config.linear_lr)
         if stage == "ce":  # a frozen encoder was saved when pre-training ended

@@ -1,0 +1,375 @@
+"""The whole job of ``python -m keras_supcon.prune RUN_DIR``, as one library call.
+
+Reads a finished training run (``classifier.keras``, ``config.json``,
+``saved_model/``), never writes into it except its own sub-directory
+(default ``RUN_DIR/pruning/``), and for each requested sparsity runs one job in
+``<out>/<method>-s<sparsity>/``:
+
+- ``magnitude``: tfmot magnitude pruning of the run's classifier, fine-tuned;
+- ``lottery``: lottery-ticket pruning (train, prune, rewind, retrain), reported
+  beside one-shot magnitude pruning of the same trained network;
+- ``sensitivity``: per-layer sparsities from measured layer sensitivity, pruned
+  with tfmot, reported beside uniform magnitude pruning at the same target.
+
+Each job writes ``pruned_classifier.keras``, ``pruned_saved_model/`` (same
+signature as the run's export), TFLite models (dynamic-range and full int8),
+``compression.json`` and ``compression.md``. A finished job is skipped when the
+command is repeated, so an interrupted sweep continues where it stopped.
+Several sparsities also give ``sweep.md``, ``sweep.csv`` and ``sweep.png``.
+"""
+
+import csv
+import dataclasses
+import io
+import logging
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_supcon.compression.export import check_saved_model, export_saved_model
+from keras_supcon.compression.lottery import lottery_ticket
+from keras_supcon.compression.prune import (
+    SCHEDULES,
+    check_sparsity,
+    parse_m_by_n,
+    prunable_layers,
+    prune_classifier,
+    sparsity_table,
+)
+from keras_supcon.compression.quantize import convert_tflite, tflite_predict
+from keras_supcon.compression.report import (
+    disk_bytes,
+    format_report,
+    latency_ms,
+    markdown_table,
+    zipped_bytes,
+)
+from keras_supcon.compression.sensitivity import (
+    DEFAULT_RATES,
+    allocate_sparsity,
+    layer_sensitivity,
+    predicted_drop,
+)
+from keras_supcon.data import load_dataset, supervised_batches
+from keras_supcon.errors import ConfigError, RunDirError
+from keras_supcon.evaluation import classification_metrics, predict
+from keras_supcon.training.rundir import CONFIG_FILE, RunDir
+from keras_supcon.training.run import TrainConfig
+
+log = logging.getLogger(__name__)
+
+METHODS = ("magnitude", "lottery", "sensitivity")
+
+
+@dataclass
+class PruneConfig:
+    """Every setting of a pruning job (written to each job's ``config.json``)."""
+
+    run_dir: str = None
+    sparsity: tuple = (0.5,)  # one target, or several for a sweep
+    method: str = "magnitude"
+    schedule: str = "constant"
+    epochs: int = 2  # fine-tuning epochs (lottery: retraining epochs per round)
+    lr: float = 1e-4  # fine-tuning learning rate (lottery: the run's --lr)
+    batch_size: int = None  # default: the run's
+    m_by_n: str = None  # "2:4": structured sparsity m zeros in every n weights
+    layers: tuple = None  # layer names to prune (default: Conv2D / Dense but the first conv)
+    include_first_conv: bool = False
+    scope: str = "global"  # lottery: magnitude threshold "global" or per "layer"
+    rounds: int = 1  # lottery: iterative rounds
+    rewind_epoch: int = 0  # lottery: 0 rewinds to initialisation, k to after epoch k
+    train_epochs: int = None  # lottery: dense training epochs (default: the run's --epochs)
+    rates: tuple = DEFAULT_RATES  # sensitivity: rates each layer is pruned at alone
+    tflite: bool = True
+    out: str = None  # default: RUN_DIR/pruning
+    overwrite: bool = False  # redo jobs that already finished
+    verbose: str = "auto"
+
+    def validate(self):
+        if self.run_dir is None:
+            raise ConfigError("give the RUN_DIR of a finished training run")
+        if isinstance(self.sparsity, (int, float)):
+            self.sparsity = (self.sparsity,)
+        self.sparsity = tuple(check_sparsity(s) for s in self.sparsity)
+        if not self.sparsity:
+            raise ConfigError("give at least one sparsity")
+        if self.method not in METHODS:
+            raise ConfigError(f"unknown method {self.method!r}; choose one of: "
+                              f"{', '.join(METHODS)}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"unknown schedule {self.schedule!r}; choose one of: "
+                              f"{', '.join(SCHEDULES)}")
+        m_by_n = parse_m_by_n(self.m_by_n)
+        if m_by_n:
+            if self.method != "magnitude":
+                raise ConfigError("--m-by-n works with --method magnitude only")
+            if self.sparsity != (0.5,) and self.sparsity != (m_by_n[0] / m_by_n[1],):
+                raise ConfigError(f"--m-by-n {self.m_by_n} sets the sparsity to "
+                                  f"{m_by_n[0] / m_by_n[1]:g}; leave out --sparsity")
+            self.sparsity = (m_by_n[0] / m_by_n[1],)
+        if self.epochs < 1:
+            raise ConfigError(f"--epochs must be >= 1; got {self.epochs}")
+        if self.scope not in ("global", "layer"):
+            raise ConfigError(f"--scope must be global or layer; got {self.scope!r}")
+        if self.rounds < 1:
+            raise ConfigError(f"--rounds must be >= 1; got {self.rounds}")
+        if not self.rates or any(not 0 < r < 1 for r in self.rates):
+            raise ConfigError(f"--rates must be in (0, 1); got {self.rates}")
+        if self.method == "sensitivity" and max(self.sparsity) > max(self.rates):
+            raise ConfigError(f"sparsity {max(self.sparsity)} is above the largest "
+                              f"sensitivity rate {max(self.rates)}; add a higher --rates value")
+        if self.out is None:
+            self.out = str(Path(self.run_dir) / "pruning")
+        return self
+
+
+def job_name(method, sparsity, m_by_n=None):
+    tag = f"-{m_by_n.replace(':', 'of')}" if m_by_n else ""
+    return f"{method}-s{sparsity:.2f}{tag}"
+
+
+class _Context:
+    """What every job of one invocation shares: the run, its data and the baseline."""
+
+    def __init__(self, config):
+        self.config = config
+        self.run = Path(config.run_dir)
+        if not (self.run / "classifier.keras").is_file():
+            raise RunDirError(f"{self.run} holds no trained classifier (classifier.keras is "
+                              f"missing); prune a finished run of python -m keras_supcon.train")
+        if not (self.run / "saved_model").is_dir():
+            raise RunDirError(f"{self.run} has no saved_model/ export (the run did not finish)")
+        self.train_config = TrainConfig.from_dict(
+            RunDir(self.run).read_json(CONFIG_FILE)["settings"])
+        if config.batch_size:
+            self.train_config.batch_size = config.batch_size
+        self.classifier = keras.models.load_model(self.run / "classifier.keras")
+        self.data = load_dataset(self.train_config.dataset, data_dir=self.train_config.data_dir,
+                                 val_fraction=self.train_config.val_fraction,
+                                 seed=self.train_config.seed)
+        size, batch = self.train_config.image_size, self.train_config.batch_size
+        self.test_ds = supervised_batches(self.data.test, size, 256)
+        self.val_ds = supervised_batches(self.data.val, size, 256)
+        self.train_ds = supervised_batches(self.data.train, size, batch, augment=True,
+                                           shuffle=True, seed=self.train_config.seed,
+                                           num_examples=self.data.sizes["train"])
+        self.names = prunable_layers(self.classifier, layers=config.layers,
+                                     include_first_conv=config.include_first_conv)
+        self.sample = next(iter(self.test_ds))[0].numpy()
+        self.baseline = self.measure(self.classifier, self.run / "saved_model")
+
+    def evaluate(self, model):
+        probs, labels = predict(model, self.test_ds)
+        return classification_metrics(labels, probs, self.data.class_names)
+
+    def measure(self, model, saved_model):
+        metrics = self.evaluate(model)
+        serve = tf.saved_model.load(str(saved_model)).signatures["serving_default"]
+        one, batch = tf.constant(self.sample[:1]), tf.constant(self.sample[:64])
+        return {
+            "accuracy": metrics["accuracy"], "f1_macro": metrics["f1_macro"],
+            "precision_macro": metrics["precision_macro"], "recall_macro": metrics["recall_macro"],
+            "saved_model": str(saved_model),
+            "saved_model_bytes": disk_bytes(saved_model),
+            "saved_model_zipped_bytes": zipped_bytes(saved_model),
+            "latency_ms_batch1": latency_ms(lambda: serve(images=one)),
+            "ms_per_image_batch64": latency_ms(lambda: serve(images=batch)) / len(batch),
+            "sparsity": sparsity_table(model, self.names),
+        }
+
+    # ------------------------------------------------------------------ jobs
+    def job(self, method, sparsity):
+        """Run (or reuse, when finished) one job; return its report."""
+        cfg = self.config
+        path = Path(cfg.out) / job_name(method, sparsity, cfg.m_by_n if method == "magnitude"
+                                        else None)
+        job = RunDir(path)
+        if job.is_finished() and (path / "compression.json").is_file() and not cfg.overwrite:
+            log.info("%s: finished earlier, reusing its report", path)
+            return job.read_json("compression.json")
+        job = RunDir.prepare(path, overwrite=True)
+        settings = {k: v for k, v in asdict(cfg).items()
+                    if k not in ("run_dir", "out", "overwrite", "verbose", "sparsity")}
+        settings.update(method=method, sparsity=sparsity)
+        job.write_json(CONFIG_FILE, {"settings": settings, "run_dir": str(self.run)})
+        job.init_state()
+        started = time.time()
+        extra = {}
+        if method == "lottery":
+            model, extra = self._lottery(job, sparsity)
+        else:
+            layer_sparsity = None
+            if method == "sensitivity":
+                layer_sparsity, extra = self._sensitivity(sparsity)
+            result = prune_classifier(
+                self.classifier, self.train_ds, sparsity=sparsity, schedule=cfg.schedule,
+                epochs=cfg.epochs, learning_rate=cfg.lr, m_by_n=parse_m_by_n(cfg.m_by_n),
+                layer_sparsity=layer_sparsity, layers=self.names, val_ds=self.val_ds,
+                verbose=cfg.verbose)
+            model = result.model
+            extra.update(layer_sparsity=result.layer_sparsity, left_dense=result.left_dense,
+                         history=result.history)
+        report = self.finish(job, model, method, sparsity, extra)
+        report["wall_time_s"] = round(time.time() - started, 1)
+        if method in ("lottery", "sensitivity"):
+            uniform = self.job("magnitude", sparsity)
+            report["compared_with"] = {"magnitude (uniform, tfmot)": _summary(uniform)}
+            if method == "lottery":
+                report["compared_with"].update(extra.pop("comparison"))
+        job.write_json("compression.json", report)
+        job.write_text("compression.md", format_report(report))
+        shutil.rmtree(path / "checkpoints", ignore_errors=True)
+        job.mark_finished()
+        return report
+
+    def _sensitivity(self, sparsity):
+        base, drops = layer_sensitivity(self.classifier, self.names, self.val_ds,
+                                        self.config.rates)
+        sizes = {n: r["params"] for n, r in self.baseline["sparsity"]["layers"].items()}
+        allocation = allocate_sparsity(drops, sizes, sparsity, self.config.rates)
+        uniform = {n: sparsity for n in self.names}
+        log.info("sensitivity: predicted accuracy drop %.4f (uniform: %.4f)",
+                 predicted_drop(drops, allocation, self.config.rates),
+                 predicted_drop(drops, uniform, self.config.rates))
+        return allocation, {"sensitivity": {
+            "val_accuracy": base, "rates": list(self.config.rates), "drops": drops,
+            "predicted_drop": predicted_drop(drops, allocation, self.config.rates),
+            "predicted_drop_uniform": predicted_drop(drops, uniform, self.config.rates)}}
+
+    def _lottery(self, job, sparsity):
+        cfg = self.config
+        tc = dataclasses.replace(self.train_config, out=str(job.path), verbose=cfg.verbose)
+        models = lottery_ticket(tc, self.data, job, self.names, sparsity=sparsity,
+                                scope=cfg.scope, rounds=cfg.rounds,
+                                rewind_epoch=cfg.rewind_epoch, train_epochs=cfg.train_epochs,
+                                retrain_epochs=cfg.epochs)
+        comparison = {}
+        for key, label in (("dense", "dense network trained for the ticket"),
+                           ("one_shot", "one-shot magnitude pruning of it, fine-tuned")):
+            m = self.evaluate(models[key])
+            comparison[label] = {"accuracy": m["accuracy"], "f1_macro": m["f1_macro"],
+                                 "sparsity": sparsity_table(models[key], self.names)["total"][
+                                     "sparsity"]}
+        return models["ticket"], {"lottery": {
+            "scope": cfg.scope, "rounds": models["rounds"], "rewind_epoch": cfg.rewind_epoch},
+            "layer_sparsity": {n: r["sparsity"] for n, r in
+                               sparsity_table(models["ticket"], self.names)["layers"].items()},
+            "comparison": comparison}
+
+    def finish(self, job, model, method, sparsity, extra):
+        """Save, export, check, measure and (optionally) quantise a pruned classifier."""
+        job.save_model(model, "pruned_classifier.keras")
+        with job.atomic_path("pruned_saved_model") as tmp:
+            export_saved_model(model, tmp)
+        saved = job.file("pruned_saved_model")
+        diff = check_saved_model(saved, model, self.sample[:32])
+        if not diff < 1e-4:
+            raise RuntimeError(f"pruned SavedModel disagrees with the model (max |diff| {diff})")
+        reloaded = keras.models.load_model(job.file("pruned_classifier.keras"))
+        pruned = self.measure(reloaded, saved)
+        pruned["saved_model_max_abs_diff"] = diff
+        report = {
+            "method": method, "target_sparsity": sparsity, "run_dir": str(self.run),
+            "backbone": self.train_config.backbone, "dataset": self.data.name,
+            "settings": {k: v for k, v in asdict(self.config).items()
+                         if k in ("schedule", "epochs", "lr", "m_by_n", "scope", "rounds",
+                                  "rewind_epoch") and v is not None},
+            "baseline": self.baseline, "pruned": pruned,
+            "compression_ratio": self.baseline["saved_model_bytes"] / pruned["saved_model_bytes"],
+            "compression_ratio_zipped": (self.baseline["saved_model_zipped_bytes"]
+                                         / pruned["saved_model_zipped_bytes"]),
+            "accuracy_change": pruned["accuracy"] - self.baseline["accuracy"],
+            "f1_change": pruned["f1_macro"] - self.baseline["f1_macro"],
+        }
+        report.update(extra)
+        if self.config.tflite:
+            report["tflite"] = self.quantise(job)
+        return report
+
+    def quantise(self, job):
+        images, labels = [], []
+        for x, y in self.test_ds:
+            images.append(x.numpy())
+            labels.append(y.numpy())
+        images, labels = np.concatenate(images), np.concatenate(labels)
+        representative = next(iter(supervised_batches(
+            self.data.train, self.train_config.image_size, 128, shuffle=True, seed=0)))[0]
+        out = {}
+        for mode in ("dynamic", "int8"):
+            name = f"pruned_{mode}.tflite"
+            with job.atomic_path(name) as tmp:
+                tmp.write_bytes(convert_tflite(job.file("pruned_saved_model"), mode,
+                                               representative.numpy()))
+            probs = tflite_predict(job.file(name), images)
+            out[mode] = {"file": name, "bytes": disk_bytes(job.file(name)),
+                         "zipped_bytes": zipped_bytes(job.file(name)),
+                         "accuracy": float((probs.argmax(axis=1) == labels).mean())}
+        return out
+
+
+def _summary(report):
+    p = report["pruned"]
+    return {"accuracy": p["accuracy"], "f1_macro": p["f1_macro"],
+            "sparsity": p["sparsity"]["total"]["sparsity"]}
+
+
+SWEEP_COLUMNS = ["target_sparsity", "achieved_sparsity", "saved_model_bytes",
+                 "zipped_bytes", "compression_ratio_zipped", "accuracy", "f1_macro"]
+
+
+def sweep_rows(baseline, reports):
+    """The pruning table: the dense baseline, then one row per job."""
+    rows = [{"target_sparsity": "dense", "achieved_sparsity":
+             baseline["sparsity"]["total"]["sparsity"],
+             "saved_model_bytes": baseline["saved_model_bytes"],
+             "zipped_bytes": baseline["saved_model_zipped_bytes"],
+             "compression_ratio_zipped": 1.0, "accuracy": baseline["accuracy"],
+             "f1_macro": baseline["f1_macro"]}]
+    for r in reports:
+        p = r["pruned"]
+        rows.append({"target_sparsity": r["target_sparsity"],
+                     "achieved_sparsity": p["sparsity"]["total"]["sparsity"],
+                     "saved_model_bytes": p["saved_model_bytes"],
+                     "zipped_bytes": p["saved_model_zipped_bytes"],
+                     "compression_ratio_zipped": r["compression_ratio_zipped"],
+                     "accuracy": p["accuracy"], "f1_macro": p["f1_macro"]})
+    return rows
+
+
+def write_sweep(out, method, rows):
+    """``sweep.csv``, ``sweep.md`` and ``sweep.png`` in ``out``."""
+    from keras_supcon.evaluation.figures import plot_sweep
+
+    out = RunDir(out)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=SWEEP_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    out.write_text("sweep.csv", buf.getvalue())
+    table = markdown_table(
+        ["pruning rate", "achieved sparsity", "model size (bytes)", "zipped size (bytes)",
+         "compression ratio (zipped)", "test accuracy", "test macro F1"],
+        [(r["target_sparsity"] if r["target_sparsity"] == "dense" else
+          f"{r['target_sparsity']:.0%}", f"{r['achieved_sparsity']:.3f}",
+          r["saved_model_bytes"], r["zipped_bytes"], f"{r['compression_ratio_zipped']:.2f}x",
+          f"{r['accuracy']:.4f}", f"{r['f1_macro']:.4f}") for r in rows])
+    out.write_text("sweep.md", f"# Pruning sweep ({method})\n\n{table}")
+    out.save_figure(plot_sweep(rows, f"{method} pruning sweep"), "sweep.png")
+    return table
+
+
+def prune_run(config=None, **settings):
+    """Run every requested job; return ``{"reports": [...], "baseline": {...}}``."""
+    config = dataclasses.replace(config or PruneConfig(), **settings).validate()
+    context = _Context(config)
+    reports = [context.job(config.method, s) for s in config.sparsity]
+    result = {"baseline": context.baseline, "reports": reports, "out": config.out}
+    if len(reports) > 1:
+        result["sweep"] = write_sweep(config.out, config.method,
+                                      sweep_rows(context.baseline, reports))
+    return result

@@ -1,0 +1,62 @@
+"""The tf_keras twin: same architecture, same weights, same outputs, for every backbone."""
+
+import keras
+import numpy as np
+import pytest
+import tf_keras
+
+from keras_supcon.compression.twin import classifier_architecture, to_keras, to_tf_keras
+from keras_supcon.errors import ConfigError
+from keras_supcon.models import BACKBONES, build_classifier, build_encoder
+
+
+def _randomised(model, seed=0):
+    """Random weights everywhere, BatchNorm statistics included (variances > 0), so a
+    transfer that swaps or drops any tensor changes the outputs."""
+    rng = np.random.default_rng(seed)
+    weights = []
+    for w in model.weights:
+        shape = tuple(w.shape)
+        if "moving_variance" in w.path:
+            weights.append(rng.uniform(0.5, 1.5, shape).astype("float32"))
+        elif "gamma" in w.path:
+            weights.append(rng.uniform(0.8, 1.2, shape).astype("float32"))
+        else:
+            fan_in = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
+            weights.append((rng.standard_normal(shape) * 0.5 / np.sqrt(fan_in))
+                           .astype("float32"))
+    model.set_weights(weights)
+    return model
+
+
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+def test_twin_reproduces_the_keras3_classifier(backbone):
+    size = BACKBONES[backbone].min_size
+    classifier = _randomised(build_classifier(build_encoder(backbone, size), 7))
+    twin = to_tf_keras(classifier)
+    assert isinstance(twin, tf_keras.Model)
+    assert [w.shape for w in twin.weights] == [tuple(w.shape) for w in classifier.weights]
+    images = np.random.default_rng(1).uniform(0, 255, (4, size, size, 3)).astype("float32")
+    encoder = f"encoder_{backbone}"
+    features = np.asarray(classifier.get_layer(encoder)(images))
+    twin_features = twin.get_layer(encoder)(images).numpy()
+    assert features.std() > 1e-3  # the comparison is not between constants
+    np.testing.assert_allclose(twin_features, features, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(twin(images).numpy(), np.asarray(classifier(images)),
+                               rtol=1e-4, atol=1e-6)
+    back = to_keras(twin)
+    for a, b in zip(back.get_weights(), classifier.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(np.asarray(back(images)), np.asarray(classifier(images)))
+
+
+def test_architecture_is_read_from_the_classifier():
+    classifier = build_classifier(build_encoder("small_resnet", 12), 3, dropout=0.25)
+    assert classifier_architecture(classifier) == ("small_resnet", 12, 3, 0.25)
+
+
+def test_a_foreign_model_is_refused():
+    inputs = keras.Input((8, 8, 3))
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(inputs)))
+    with pytest.raises(ConfigError, match="not a keras_supcon classifier"):
+        to_tf_keras(model)
