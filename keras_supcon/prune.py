@@ -67,7 +67,6 @@ def main(argv=None):
 
     settings = vars(args)
     settings["tflite"] = not settings.pop("no_tflite")
-    settings["sparsity"] = settings["sparsity"] or (0.5,)
     if settings["layers"]:
         settings["layers"] = tuple(n.strip() for n in settings["layers"].split(",") if n.strip())
     if settings["verbose"] != "auto":

@@ -182,6 +182,34 @@ def fixed_masks(model, masks):
             var.constraint = saved[name]
 
 
+def recalibrate_batchnorm(model, ds):
+    """Recompute every BatchNorm layer's moving mean / variance as the average of
+    its batch statistics over ``ds`` (forward passes only, no weight changes).
+
+    Pruning moves the weights under BatchNorm, and the moving averages of a short
+    fine-tuning (momentum 0.99) still remember the dense network: measured on the
+    CIFAR-10 subset at 60% sparsity, test accuracy 0.44 before recalibration and
+    0.57 after (docs/pruning.md).
+    """
+    layers = [layer for layer in leaf_layers(model)
+              if isinstance(layer, keras.layers.BatchNormalization)]
+    if not layers:
+        return model
+    momentum = [layer.momentum for layer in layers]
+    for layer in layers:
+        layer.moving_mean.assign(keras.ops.zeros_like(layer.moving_mean))
+        layer.moving_variance.assign(keras.ops.ones_like(layer.moving_variance))
+    try:
+        for n, (x, _) in enumerate(ds, 1):
+            for layer in layers:
+                layer.momentum = 1.0 - 1.0 / n  # running mean over batches
+            model(x, training=True)
+    finally:
+        for layer, m in zip(layers, momentum):
+            layer.momentum = m
+    return model
+
+
 # --------------------------------------------------------------- tfmot path
 def pruning_schedule(kind, sparsity, total_steps):
     """tfmot schedule reaching ``sparsity`` within the first 3/4 of ``total_steps``.
@@ -238,7 +266,7 @@ class PruneResult:
 def prune_classifier(classifier, train_ds, *, sparsity=0.5, schedule="constant", epochs=2,
                      steps_per_epoch=None, learning_rate=1e-4, m_by_n=None,
                      layer_sparsity=None, layers=None, include_first_conv=False,
-                     val_ds=None, verbose="auto"):
+                     val_ds=None, calibration_ds=None, verbose="auto"):
     """Prune a Keras 3 classifier to ``sparsity`` with tfmot and fine-tune it.
 
     ``train_ds`` / ``val_ds``: ``(images, labels)`` batches. ``m_by_n``: e.g.
@@ -246,7 +274,9 @@ def prune_classifier(classifier, train_ds, *, sparsity=0.5, schedule="constant",
     whose input channels do not fit are left dense and listed in ``left_dense``).
     ``layer_sparsity``: ``{layer: target}`` instead of one uniform target.
     Returns a :class:`PruneResult` whose ``model`` is a Keras 3 classifier with
-    the pruning wrappers stripped (pruned weights are exact zeros).
+    the pruning wrappers stripped (pruned weights are exact zeros) and BatchNorm
+    statistics recomputed on ``calibration_ds`` (default ``train_ds``; pass
+    ``False`` to keep the fine-tuning's moving averages).
     """
     import tensorflow_model_optimization as tfmot
     import tf_keras
@@ -285,8 +315,10 @@ def prune_classifier(classifier, train_ds, *, sparsity=0.5, schedule="constant",
     history = pruned.fit(train_ds, validation_data=val_ds, epochs=epochs,
                          steps_per_epoch=steps_per_epoch, verbose=verbose,
                          callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
-    stripped = tfmot.sparsity.keras.strip_pruning(pruned)
-    return PruneResult(model=to_keras(stripped), layer_sparsity=layer_sparsity,
+    model = to_keras(tfmot.sparsity.keras.strip_pruning(pruned))
+    if calibration_ds is not False:
+        recalibrate_batchnorm(model, train_ds if calibration_ds is None else calibration_ds)
+    return PruneResult(model=model, layer_sparsity=layer_sparsity,
                        left_dense=left_dense,
                        history={k: [float(v) for v in vs] for k, vs in history.history.items()})
 

@@ -92,6 +92,22 @@ def format_report(report):
                  f"{t['accuracy']:.4f}") for mode, t in report["tflite"].items()]
         out.append(markdown_table(["quantisation", "size", "zipped", "zipped ratio vs baseline "
                                    "SavedModel zipped", "test accuracy"], rows))
+    if report.get("compared_with"):
+        out.append(f"## Compared at the same sparsity ({report['target_sparsity']:.0%})\n")
+        rows = [(f"**{report['method']}** (this report)",
+                 f"{p['sparsity']['total']['sparsity']:.3f}", f"{p['accuracy']:.4f}",
+                 f"{p['f1_macro']:.4f}")]
+        rows += [(name, f"{c['sparsity']:.3f}", f"{c['accuracy']:.4f}", f"{c['f1_macro']:.4f}")
+                 for name, c in report["compared_with"].items()]
+        out.append(markdown_table(["model", "sparsity", "test accuracy", "test macro F1"], rows))
+    if report.get("sensitivity"):
+        sens = report["sensitivity"]
+        out.append(f"Layer sensitivity measured on the validation split (accuracy "
+                   f"{sens['val_accuracy']:.4f}); predicted drop of the allocation "
+                   f"{sens['predicted_drop']:.4f}, of uniform pruning "
+                   f"{sens['predicted_drop_uniform']:.4f}.\n")
+        rows = [(f"`{n}`", *(f"{d:+.4f}" for d in drops)) for n, drops in sens["drops"].items()]
+        out.append(markdown_table(["layer", *(f"drop at {r:.0%}" for r in sens["rates"])], rows))
     if report.get("left_dense"):
         out.append("Left dense: " + "; ".join(f"`{k}` ({v})"
                                                for k, v in report["left_dense"].items()) + "\n")

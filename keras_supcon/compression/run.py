@@ -39,6 +39,7 @@ from keras_supcon.compression.prune import (
     parse_m_by_n,
     prunable_layers,
     prune_classifier,
+    recalibrate_batchnorm,
     sparsity_table,
 )
 from keras_supcon.compression.quantize import convert_tflite, tflite_predict
@@ -64,6 +65,12 @@ from keras_supcon.training.run import TrainConfig
 log = logging.getLogger(__name__)
 
 METHODS = ("magnitude", "lottery", "sensitivity")
+METHOD_SETTINGS = {  # the settings each method uses (shown in its report)
+    "magnitude": ("schedule", "epochs", "lr", "m_by_n", "layers", "include_first_conv"),
+    "lottery": ("epochs", "train_epochs", "scope", "rounds", "rewind_epoch", "layers",
+                "include_first_conv"),
+    "sensitivity": ("schedule", "epochs", "lr", "rates", "layers", "include_first_conv"),
+}
 
 
 @dataclass
@@ -71,7 +78,7 @@ class PruneConfig:
     """Every setting of a pruning job (written to each job's ``config.json``)."""
 
     run_dir: str = None
-    sparsity: tuple = (0.5,)  # one target, or several for a sweep
+    sparsity: tuple = None  # one target, or several for a sweep (default 0.5)
     method: str = "magnitude"
     schedule: str = "constant"
     epochs: int = 2  # fine-tuning epochs (lottery: retraining epochs per round)
@@ -93,6 +100,9 @@ class PruneConfig:
     def validate(self):
         if self.run_dir is None:
             raise ConfigError("give the RUN_DIR of a finished training run")
+        given = self.sparsity is not None
+        if not given:
+            self.sparsity = (0.5,)
         if isinstance(self.sparsity, (int, float)):
             self.sparsity = (self.sparsity,)
         self.sparsity = tuple(check_sparsity(s) for s in self.sparsity)
@@ -108,7 +118,7 @@ class PruneConfig:
         if m_by_n:
             if self.method != "magnitude":
                 raise ConfigError("--m-by-n works with --method magnitude only")
-            if self.sparsity != (0.5,) and self.sparsity != (m_by_n[0] / m_by_n[1],):
+            if given and self.sparsity != (m_by_n[0] / m_by_n[1],):
                 raise ConfigError(f"--m-by-n {self.m_by_n} sets the sparsity to "
                                   f"{m_by_n[0] / m_by_n[1]:g}; leave out --sparsity")
             self.sparsity = (m_by_n[0] / m_by_n[1],)
@@ -155,6 +165,7 @@ class _Context:
         size, batch = self.train_config.image_size, self.train_config.batch_size
         self.test_ds = supervised_batches(self.data.test, size, 256)
         self.val_ds = supervised_batches(self.data.val, size, 256)
+        self.calibration_ds = supervised_batches(self.data.train, size, batch)
         self.train_ds = supervised_batches(self.data.train, size, batch, augment=True,
                                            shuffle=True, seed=self.train_config.seed,
                                            num_examples=self.data.sizes["train"])
@@ -210,7 +221,7 @@ class _Context:
                 self.classifier, self.train_ds, sparsity=sparsity, schedule=cfg.schedule,
                 epochs=cfg.epochs, learning_rate=cfg.lr, m_by_n=parse_m_by_n(cfg.m_by_n),
                 layer_sparsity=layer_sparsity, layers=self.names, val_ds=self.val_ds,
-                verbose=cfg.verbose)
+                calibration_ds=self.calibration_ds, verbose=cfg.verbose)
             model = result.model
             extra.update(layer_sparsity=result.layer_sparsity, left_dense=result.left_dense,
                          history=result.history)
@@ -248,6 +259,8 @@ class _Context:
                                 scope=cfg.scope, rounds=cfg.rounds,
                                 rewind_epoch=cfg.rewind_epoch, train_epochs=cfg.train_epochs,
                                 retrain_epochs=cfg.epochs)
+        for key in ("one_shot", "ticket"):  # as the tfmot path does
+            recalibrate_batchnorm(models[key], self.calibration_ds)
         comparison = {}
         for key, label in (("dense", "dense network trained for the ticket"),
                            ("one_shot", "one-shot magnitude pruning of it, fine-tuned")):
@@ -277,8 +290,7 @@ class _Context:
             "method": method, "target_sparsity": sparsity, "run_dir": str(self.run),
             "backbone": self.train_config.backbone, "dataset": self.data.name,
             "settings": {k: v for k, v in asdict(self.config).items()
-                         if k in ("schedule", "epochs", "lr", "m_by_n", "scope", "rounds",
-                                  "rewind_epoch") and v is not None},
+                         if k in METHOD_SETTINGS[method] and v is not None},
             "baseline": self.baseline, "pruned": pruned,
             "compression_ratio": self.baseline["saved_model_bytes"] / pruned["saved_model_bytes"],
             "compression_ratio_zipped": (self.baseline["saved_model_zipped_bytes"]

@@ -1,0 +1,226 @@
+"""The pruning job end to end on a classifier trained on the CIFAR-10 subset:
+reports against files measured here, exports loaded back, sweep, lottery, sensitivity, CLI."""
+
+import csv
+import hashlib
+import json
+import os
+import re
+import zipfile
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_supcon.compression.prune import kernels, prunable_layers
+from keras_supcon.compression.run import prune_run
+from keras_supcon.data import load_dataset, supervised_batches
+from keras_supcon.prune import main
+from keras_supcon.training import train
+
+QUICK_PRUNE = dict(epochs=1, verbose=0)
+
+
+def _tree_digest(root, skip="pruning"):
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d != skip]
+        for f in filenames:
+            p = os.path.join(dirpath, f)
+            out[os.path.relpath(p, root)] = hashlib.sha256(open(p, "rb").read()).hexdigest()
+    return out
+
+
+def _size_on_disk(path):
+    if os.path.isfile(path):
+        return os.stat(path).st_size
+    return sum(os.stat(os.path.join(d, f)).st_size for d, _, fs in os.walk(path) for f in fs)
+
+
+def _zipped(path, tmp_path):
+    archive = tmp_path / "check.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        if os.path.isfile(path):
+            zf.write(path, os.path.basename(path))
+        else:
+            for d, _, fs in sorted(os.walk(path)):
+                for f in sorted(fs):
+                    zf.write(os.path.join(d, f), os.path.relpath(os.path.join(d, f), path))
+    return os.stat(archive).st_size
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, request):
+    from tests.conftest import CIFAR_SUBSET
+
+    out = tmp_path_factory.mktemp("runs") / "cifar_ce"
+    train(dataset=str(CIFAR_SUBSET), loss="ce", backbone="small_resnet", image_size=16,
+          epochs=2, batch_size=128, out=str(out), verbose=0)
+    return out
+
+
+@pytest.fixture(scope="module")
+def sweep(trained_run):
+    before = _tree_digest(trained_run)
+    result = prune_run(run_dir=str(trained_run), sparsity=(0.0, 0.5), **QUICK_PRUNE)
+    return trained_run, result, before
+
+
+def test_pruning_never_touches_the_run(sweep):
+    run, _, before = sweep
+    assert _tree_digest(run) == before
+    assert sorted(p.name for p in (run / "pruning").iterdir()) == [
+        "magnitude-s0.00", "magnitude-s0.50", "sweep.csv", "sweep.md", "sweep.png"]
+
+
+def test_exported_kernels_are_at_least_half_zero(sweep):
+    run, result, _ = sweep
+    job = run / "pruning" / "magnitude-s0.50"
+    model = keras.models.load_model(job / "pruned_classifier.keras")
+    names = prunable_layers(model)
+    values = [keras.ops.convert_to_numpy(v) for v in kernels(model, names).values()]
+    zero_fraction = sum((v == 0).sum() for v in values) / sum(v.size for v in values)
+    assert zero_fraction >= 0.5
+    report = result["reports"][1]
+    assert report["pruned"]["sparsity"]["total"]["sparsity"] == pytest.approx(zero_fraction)
+    # The same zeros are in the SavedModel's variables.
+    loaded = tf.saved_model.load(str(job / "pruned_saved_model"))
+    saved_zeros = sum(int((v.numpy() == 0).sum()) for v in loaded.variables
+                      if len(v.shape) in (2, 4))
+    assert saved_zeros >= sum((v == 0).sum() for v in values)
+    assert "accuracy_change" in report and "f1_change" in report
+
+
+def test_report_sizes_are_those_of_the_files(sweep, tmp_path):
+    run, result, _ = sweep
+    for report in result["reports"]:
+        job = run / "pruning" / f"magnitude-s{report['target_sparsity']:.2f}"
+        on_disk = json.loads((job / "compression.json").read_text())
+        assert on_disk["pruned"]["saved_model_bytes"] == report["pruned"]["saved_model_bytes"]
+        for side, path in (("baseline", run / "saved_model"),
+                           ("pruned", job / "pruned_saved_model")):
+            assert report[side]["saved_model_bytes"] == _size_on_disk(path)
+            assert report[side]["saved_model_zipped_bytes"] == _zipped(path, tmp_path)
+        assert report["compression_ratio_zipped"] == pytest.approx(
+            _zipped(run / "saved_model", tmp_path) / _zipped(job / "pruned_saved_model", tmp_path))
+        for mode, t in report["tflite"].items():
+            assert t["bytes"] == _size_on_disk(job / t["file"])
+            assert t["zipped_bytes"] == _zipped(job / t["file"], tmp_path)
+            assert 0 <= t["accuracy"] <= 1
+        md = (job / "compression.md").read_text()
+        assert "## Per layer (kernels)" in md and "stage3_conv2" in md
+    dense, half = result["reports"]
+    assert half["pruned"]["saved_model_zipped_bytes"] < dense["pruned"]["saved_model_zipped_bytes"]
+
+
+def test_pruned_saved_model_loads_both_ways_and_matches_the_stripped_model(sweep):
+    run, _, _ = sweep
+    job = run / "pruning" / "magnitude-s0.50"
+    model = keras.models.load_model(job / "pruned_classifier.keras")
+    images = next(iter(supervised_batches(load_dataset("digits").test, 16, 32)))[0]
+    expected = np.asarray(model(images))
+    sig = tf.saved_model.load(str(job / "pruned_saved_model")).signatures["serving_default"]
+    np.testing.assert_allclose(sig(images=images)["probabilities"].numpy(), expected,
+                               rtol=1e-5, atol=1e-6)
+    layer = keras.layers.TFSMLayer(str(job / "pruned_saved_model"),
+                                   call_endpoint="serving_default")
+    np.testing.assert_allclose(np.asarray(layer(images)["probabilities"]), expected,
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_sweep_table_is_the_reports(sweep):
+    run, result, _ = sweep
+    rows = list(csv.DictReader((run / "pruning" / "sweep.csv").open()))
+    assert [r["target_sparsity"] for r in rows] == ["dense", "0.0", "0.5"]
+    assert float(rows[0]["accuracy"]) == result["baseline"]["accuracy"]
+    for row, report in zip(rows[1:], result["reports"]):
+        assert float(row["accuracy"]) == report["pruned"]["accuracy"]
+        assert int(row["zipped_bytes"]) == report["pruned"]["saved_model_zipped_bytes"]
+        assert float(row["achieved_sparsity"]) == report["pruned"]["sparsity"]["total"][
+            "sparsity"]
+    md = (run / "pruning" / "sweep.md").read_text()
+    assert "| pruning rate |" in md and "| 50% |" in md
+    assert (run / "pruning" / "sweep.png").stat().st_size > 10_000
+
+
+def test_repeating_the_command_reuses_finished_jobs(sweep):
+    run, result, _ = sweep
+    report_file = run / "pruning" / "magnitude-s0.50" / "compression.json"
+    stamp = report_file.stat().st_mtime_ns
+    again = prune_run(run_dir=str(run), sparsity=0.5, tflite=False, **QUICK_PRUNE)
+    assert report_file.stat().st_mtime_ns == stamp
+    assert again["reports"][0]["pruned"] == result["reports"][1]["pruned"]
+
+
+def test_lottery_ticket_is_reported_beside_one_shot_pruning(trained_run, tmp_path):
+    result = prune_run(run_dir=str(trained_run), method="lottery", sparsity=0.5, rounds=2,
+                       train_epochs=1, tflite=False, out=str(tmp_path / "lt"), **QUICK_PRUNE)
+    report = result["reports"][0]
+    assert report["lottery"]["rounds"] == pytest.approx([1 - 0.5 ** 0.5, 0.5])
+    assert report["pruned"]["sparsity"]["total"]["sparsity"] == pytest.approx(0.5, abs=1e-3)
+    compared = report["compared_with"]
+    assert set(compared) == {"magnitude (uniform, tfmot)", "dense network trained for the ticket",
+                             "one-shot magnitude pruning of it, fine-tuned"}
+    assert compared["one-shot magnitude pruning of it, fine-tuned"]["sparsity"] == pytest.approx(
+        0.5, abs=1e-3)
+    assert (tmp_path / "lt" / "lottery-s0.50" / "history.csv").exists()
+    assert not (tmp_path / "lt" / "lottery-s0.50" / "checkpoints").exists()
+
+
+def test_layer_sensitive_pruning_meets_the_global_target(trained_run, tmp_path):
+    result = prune_run(run_dir=str(trained_run), method="sensitivity", sparsity=0.6,
+                       rates=(0.3, 0.6, 0.9), tflite=False, out=str(tmp_path / "ls"),
+                       **QUICK_PRUNE)
+    report = result["reports"][0]
+    targets = report["layer_sparsity"]
+    sizes = {n: r["params"] for n, r in report["pruned"]["sparsity"]["layers"].items()}
+    assert sum(targets.get(n, 0) * sizes[n] for n in sizes) / sum(sizes.values()) == \
+        pytest.approx(0.6, abs=1e-6)
+    assert report["pruned"]["sparsity"]["total"]["sparsity"] == pytest.approx(0.6, abs=2e-3)
+    assert len(set(round(v, 3) for v in targets.values())) > 1  # not uniform
+    sens = report["sensitivity"]
+    assert set(sens["drops"]) == set(sizes) and all(len(d) == 3 for d in sens["drops"].values())
+    assert "magnitude (uniform, tfmot)" in report["compared_with"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--sparsity", "1.0"], r"sparsity must be in \[0, 1\)"),
+    (["--sparsity", "0.2,x"], "comma-separated numbers"),
+    (["--m-by-n", "4:4"], "need 0 < m < n"),
+    (["--m-by-n", "2:4", "--sparsity", "0.3"], "leave out --sparsity"),
+    (["--layers", "stem_bn"], r"'stem_bn' \(BatchNormalization\) cannot be pruned"),
+    (["--method", "sensitivity", "--sparsity", "0.95"], "above the largest sensitivity rate"),
+])
+def test_cli_bad_input_is_one_line_and_exit_2(trained_run, argv, message, capsys, tmp_path):
+    try:
+        code = main([str(trained_run), "--out", str(tmp_path / "p"), *argv])
+    except SystemExit as exc:  # argparse errors
+        code = exc.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and err.startswith("error:")
+    assert re.search(message, err), err
+    assert not (tmp_path / "p").exists()
+
+
+def test_cli_refuses_a_folder_without_a_trained_classifier(tmp_path, capsys):
+    assert main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "holds no trained classifier" in err and len(err.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_readme_prune_commands_parse():
+    import shlex
+    from pathlib import Path
+
+    from keras_supcon.prune import build_parser
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    lines = [line.split("#")[0] for line in readme.splitlines()
+             if line.startswith("python -m keras_supcon.prune")]
+    assert len(lines) >= 5
+    for line in lines:
+        args = build_parser().parse_args(shlex.split(line)[3:])
+        assert args.run_dir == "RUN_DIR"
