@@ -224,3 +224,10 @@ def test_readme_prune_commands_parse():
     for line in lines:
         args = build_parser().parse_args(shlex.split(line)[3:])
         assert args.run_dir == "RUN_DIR"
+
+
+def test_a_finished_job_with_other_settings_is_not_reused(sweep, capsys):
+    run, _, _ = sweep
+    assert main([str(run), "--sparsity", "0.5", "--epochs", "2", "--no-tflite"]) == 2
+    err = capsys.readouterr().err
+    assert "holds a finished job with other settings (epochs 1 -> 2)" in err

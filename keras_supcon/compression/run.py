@@ -21,6 +21,7 @@ Several sparsities also give ``sweep.md``, ``sweep.csv`` and ``sweep.png``.
 import csv
 import dataclasses
 import io
+import json
 import logging
 import shutil
 import time
@@ -199,14 +200,22 @@ class _Context:
         cfg = self.config
         path = Path(cfg.out) / job_name(method, sparsity, cfg.m_by_n if method == "magnitude"
                                         else None)
-        job = RunDir(path)
-        if job.is_finished() and (path / "compression.json").is_file() and not cfg.overwrite:
-            log.info("%s: finished earlier, reusing its report", path)
-            return job.read_json("compression.json")
-        job = RunDir.prepare(path, overwrite=True)
         settings = {k: v for k, v in asdict(cfg).items()
                     if k not in ("run_dir", "out", "overwrite", "verbose", "sparsity")}
         settings.update(method=method, sparsity=sparsity)
+        job = RunDir(path)
+        if job.is_finished() and (path / "compression.json").is_file() and not cfg.overwrite:
+            keys = METHOD_SETTINGS[method] + ("batch_size",)
+            saved = job.read_json(CONFIG_FILE)["settings"]
+            wanted = json.loads(json.dumps({k: settings[k] for k in keys}))
+            changed = [f"{k} {saved.get(k)} -> {v}" for k, v in wanted.items()
+                       if saved.get(k) != v]
+            if changed:
+                raise ConfigError(f"{path} holds a finished job with other settings "
+                                  f"({', '.join(changed)}); use --overwrite or another --out")
+            log.info("%s: finished earlier, reusing its report", path)
+            return job.read_json("compression.json")
+        job = RunDir.prepare(path, overwrite=True)
         job.write_json(CONFIG_FILE, {"settings": settings, "run_dir": str(self.run)})
         job.init_state()
         started = time.time()
