@@ -10,7 +10,7 @@ import argparse
 import logging
 import sys
 
-from keras_supcon.train import _Parser
+from keras_supcon.cli import Parser, run_reporting_errors, verbosity
 
 
 def _floats(text):
@@ -24,8 +24,8 @@ def build_parser():
     from keras_supcon.compression.run import METHODS, PruneConfig
 
     d = PruneConfig()
-    p = _Parser(prog="python -m keras_supcon.prune", description=__doc__.split("\n\n")[1],
-                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(prog="python -m keras_supcon.prune", description=__doc__.split("\n\n")[1],
+               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("run_dir", metavar="RUN_DIR", help="a finished run of keras_supcon.train")
     p.add_argument("--sparsity", type=_floats, default=None,
                    help="target fraction of zero weights in [0, 1); several (0,0.2,0.5,0.8) "
@@ -63,22 +63,16 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from keras_supcon.compression.run import PruneConfig, prune_run
-    from keras_supcon.errors import KerasSupconError
 
     settings = vars(args)
     settings["tflite"] = not settings.pop("no_tflite")
     if settings["layers"]:
         settings["layers"] = tuple(n.strip() for n in settings["layers"].split(",") if n.strip())
-    if settings["verbose"] != "auto":
-        settings["verbose"] = int(settings["verbose"])
-    try:
-        result = prune_run(PruneConfig(**settings))
-    except KerasSupconError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: run the same command again to continue", file=sys.stderr)
-        return 130
+    settings["verbose"] = verbosity(settings["verbose"])
+    result = run_reporting_errors(lambda: prune_run(PruneConfig(**settings)),
+                                  "run the same command again to continue")
+    if isinstance(result, int):
+        return result
     for report in result["reports"]:
         p = report["pruned"]
         print(f"{report['method']} {report['target_sparsity']:.2f}: sparsity "

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from keras_supcon.evaluation.tables import markdown_table
+
 
 def disk_bytes(path):
     """Bytes of a file, or of every file under a folder."""
@@ -43,12 +45,6 @@ def latency_ms(fn, *, repeats=30, warmup=5):
         fn()
         times.append(time.perf_counter() - start)
     return float(np.median(times) * 1000)
-
-
-def markdown_table(header, rows):
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
 
 
 def human_bytes(n):

@@ -48,7 +48,6 @@ from keras_supcon.compression.report import (
     disk_bytes,
     format_report,
     latency_ms,
-    markdown_table,
     zipped_bytes,
 )
 from keras_supcon.compression.sensitivity import (
@@ -58,6 +57,7 @@ from keras_supcon.compression.sensitivity import (
     predicted_drop,
 )
 from keras_supcon.data import load_dataset, supervised_batches
+from keras_supcon.evaluation.tables import markdown_table
 from keras_supcon.errors import ConfigError, RunDirError
 from keras_supcon.evaluation import classification_metrics, predict
 from keras_supcon.training.rundir import CONFIG_FILE, RunDir

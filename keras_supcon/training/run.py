@@ -26,6 +26,7 @@ from keras_supcon.data.pipeline import check_contrastive_batch_size
 from keras_supcon.errors import ConfigError
 from keras_supcon.evaluation import (
     classification_metrics,
+    embedding_metrics,
     plot_confusion,
     plot_curves,
     plot_tsne,
@@ -50,6 +51,9 @@ log = logging.getLogger(__name__)
 
 LOSSES = ("supcon", "simclr", "npairs", "ce")
 DEFAULT_TEMPERATURE = {"supcon": 0.1, "simclr": 0.1, "npairs": 0.05}
+# Settings that only change the contrastive runs (ce ignores them).
+CONTRASTIVE_ONLY = frozenset({"temperature", "variant", "views", "projection_dim", "head_hidden",
+                              "linear_epochs", "linear_lr"})
 
 
 @dataclass
@@ -274,6 +278,9 @@ def evaluate_run(config, data, run, classifier, encoder):
 
     run.save_figure(plot_curves(read_history(run), title), "curves.png")
     embeddings, emb_labels = predict(encoder, test_ds)
+    train_emb, train_labels = predict(encoder, supervised_batches(data.train, config.image_size,
+                                                                  256))
+    metrics["embedding"] = embedding_metrics(train_emb, train_labels, embeddings, emb_labels)
     points, point_labels = tsne_embedding(embeddings, emb_labels, max_per_class=500,
                                           seed=config.seed)
     run.save_figure(plot_tsne(points, point_labels, data.class_names,

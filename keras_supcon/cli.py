@@ -1,0 +1,118 @@
+"""What the command-line tools share: one-line errors, the training options, config files.
+
+The tools only parse arguments and call the library; user errors raised by the
+library (:class:`~keras_supcon.errors.KerasSupconError`) become one
+``error: ...`` line and exit status 2, Ctrl-C exit status 130.
+"""
+
+import argparse
+import sys
+import tomllib
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2 (argparse would print the usage too)
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
+def run_reporting_errors(job, interrupted_hint):
+    """``job()``'s result, or the exit status after one ``error:`` / interrupted line."""
+    from keras_supcon.errors import KerasSupconError
+
+    try:
+        return job()
+    except KerasSupconError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"interrupted: {interrupted_hint}", file=sys.stderr)
+        return 130
+
+
+def verbosity(text):
+    return text if text == "auto" else int(text)
+
+
+def add_training_arguments(p, *, single_run=True):
+    """The options of :class:`~keras_supcon.training.TrainConfig`, in groups.
+
+    ``single_run=False`` (the ablation) leaves out ``--backbone`` and ``--loss``,
+    which the caller replaces by lists.
+    """
+    from keras_supcon.models.backbones import BACKBONES
+    from keras_supcon.training.run import LOSSES, TrainConfig
+
+    d = TrainConfig()
+    data = p.add_argument_group("data")
+    data.add_argument("--dataset", default=d.dataset,
+                      help="digits | a TFDS name (cifar10, cifar100, stl10, ...) | "
+                           "a .npz file (x_train, y_train, x_test, y_test) | a folder of "
+                           "class sub-folders")
+    data.add_argument("--data-dir", default=None, help="TFDS data directory")
+    data.add_argument("--image-size", type=int, default=None,
+                      help="input height = width (default: the backbone's; "
+                           "inception* need >= 75)")
+    data.add_argument("--val-fraction", type=float, default=d.val_fraction,
+                      help="part of the training data held out for validation")
+    data.add_argument("--cache", action="store_true", help="cache resized images in memory")
+    model = p.add_argument_group("model")
+    if single_run:
+        model.add_argument("--backbone", default=d.backbone, choices=list(BACKBONES),
+                           metavar="{" + ",".join(BACKBONES) + "}")
+    model.add_argument("--weights", default=d.weights,
+                       help="none | imagenet (needs the network) | PATH of a weights file")
+    model.add_argument("--projection-dim", type=int, default=d.projection_dim)
+    model.add_argument("--head-hidden", type=int, default=d.head_hidden)
+    train = p.add_argument_group("training")
+    if single_run:
+        train.add_argument("--loss", default=d.loss, choices=LOSSES,
+                           help="contrastive pre-training loss, or ce for the end-to-end "
+                                "cross-entropy baseline")
+    train.add_argument("--temperature", type=float, default=None,
+                       help="default 0.1 (supcon, simclr), 0.05 (npairs)")
+    train.add_argument("--variant", default=d.variant, choices=("out", "in"),
+                       help="SupCon eq. 2 (out) or eq. 3 (in)")
+    train.add_argument("--views", type=int, default=d.views, help="augmented views per image")
+    train.add_argument("--epochs", type=int, default=d.epochs,
+                       help="pre-training epochs (ce: training epochs)")
+    train.add_argument("--linear-epochs", type=int, default=d.linear_epochs)
+    train.add_argument("--batch-size", type=int, default=d.batch_size)
+    train.add_argument("--optimizer", default=d.optimizer, choices=("adam", "sgd"))
+    train.add_argument("--lr", type=float, default=d.lr,
+                       help="peak learning rate (linear warm-up, then cosine decay)")
+    train.add_argument("--linear-lr", type=float, default=d.linear_lr)
+    train.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    train.add_argument("--warmup-fraction", type=float, default=d.warmup_fraction)
+    train.add_argument("--early-stopping", type=int, default=None, metavar="PATIENCE",
+                       help="stop a stage after PATIENCE epochs without validation "
+                            "improvement (the best epoch is always kept)")
+    train.add_argument("--seed", type=int, default=d.seed)
+    train.add_argument("--mixed-precision", action="store_true")
+    return p
+
+
+def apply_config_file(parser, argv):
+    """Defaults of ``parser`` from the TOML file named by ``--config`` in ``argv``.
+
+    Keys are option names (``batch-size`` or ``batch_size``); options given on
+    the command line win. An unknown key is an error naming it.
+    """
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    known, _ = pre.parse_known_args(argv)
+    if not known.config:
+        return {}
+    try:
+        with open(known.config, "rb") as f:
+            values = tomllib.load(f)
+    except FileNotFoundError:
+        parser.error(f"--config {known.config}: no such file")
+    except tomllib.TOMLDecodeError as exc:
+        parser.error(f"--config {known.config}: not valid TOML ({exc})")
+    dests = {a.dest for a in parser._actions}
+    values = {k.replace("-", "_"): v for k, v in values.items()}
+    unknown = sorted(set(values) - dests)
+    if unknown:
+        parser.error(f"--config {known.config}: unknown setting(s) {', '.join(unknown)}")
+    parser.set_defaults(**values)
+    return values

@@ -1,0 +1,201 @@
+"""Ablations: every combination of backbones x losses (x optional setting values),
+same data split, seed and budget, each trained by :func:`~keras_supcon.training.train`
+into its own run directory ``OUT/<backbone>-<loss>[-<setting><value>...]``.
+
+Finished combinations are skipped and interrupted ones resumed, so running the
+same ablation again continues where it stopped. A combination that raises is
+recorded as failed (message in ``ablation.json``, traceback in
+``OUT/errors/<name>.txt``) and the others still run. Then the report
+(``ablation.md`` / ``ablation.csv`` / figures) is written by
+:func:`keras_supcon.evaluation.report.write_report`.
+"""
+
+import dataclasses
+import itertools
+import logging
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+
+from keras_supcon.errors import ConfigError
+from keras_supcon.models.backbones import BACKBONES
+from keras_supcon.training.rundir import CONFIG_FILE, STATE_FILE, RunDir
+from keras_supcon.training.run import CONTRASTIVE_ONLY, LOSSES, TrainConfig, train
+
+log = logging.getLogger(__name__)
+
+ABLATION_FILE = "ablation.json"
+# Settings an ablation cannot vary or set per run.
+NOT_SETTINGS = {"backbone", "loss", "out", "verbose"}
+
+
+def parse_names(names, known, option):
+    """A tuple of names from ``"a,b"`` or a list; errors name the offending item."""
+    if isinstance(names, str):
+        names = [n.strip() for n in names.split(",")]
+    names = [n for n in (names or []) if n]
+    if not names:
+        raise ConfigError(f"{option} is empty; give one or more of: {', '.join(known)}")
+    for n in names:
+        if n not in known:
+            raise ConfigError(f"{option}: unknown name {n!r}; choose from: {', '.join(known)}")
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ConfigError(f"{option}: {', '.join(dup)} given more than once")
+    return tuple(names)
+
+
+def parse_grid(grid):
+    """``{"temperature": [0.05, 0.1]}`` or ``["temperature=0.05,0.1"]``: values typed
+    like the :class:`TrainConfig` field."""
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    items = grid.items() if isinstance(grid, dict) else [_split_grid_item(g) for g in grid or ()]
+    parsed = {}
+    for name, values in items:
+        name = name.replace("-", "_")
+        if name not in fields or name in NOT_SETTINGS:
+            raise ConfigError(f"--grid: {name!r} is not a setting that can be varied "
+                              "(backbones and losses have their own options)")
+        if name in parsed:
+            raise ConfigError(f"--grid: {name} given more than once")
+        default = fields[name].default
+        kind = type(default) if default is not None else float
+        if name in ("image_size", "early_stopping"):
+            kind = int
+        try:
+            typed = [kind(v) if not isinstance(v, str) or kind is str else kind(v.strip())
+                     for v in values]
+        except ValueError:
+            raise ConfigError(f"--grid {name}: values must be {kind.__name__}; "
+                              f"got {list(values)}") from None
+        if not typed:
+            raise ConfigError(f"--grid {name}: no values")
+        if len(set(typed)) != len(typed):
+            raise ConfigError(f"--grid {name}: a value is given more than once")
+        parsed[name] = typed
+    return parsed
+
+
+def _split_grid_item(text):
+    name, sep, values = text.partition("=")
+    if not sep or not name.strip():
+        raise ConfigError(f"--grid expects NAME=V1,V2,...; got {text!r}")
+    return name.strip(), [v for v in values.split(",") if v.strip()]
+
+
+def _value_text(v):
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+@dataclass
+class Combination:
+    backbone: str
+    loss: str
+    values: dict = field(default_factory=dict)  # grid settings of this run
+
+    @property
+    def name(self):
+        extra = "".join(f"-{k.replace('_', '')}{_value_text(v)}" for k, v in self.values.items())
+        return f"{self.backbone}-{self.loss}{extra}"
+
+
+def plan(backbones, losses, grid=None, settings=None, out="runs/ablation"):
+    """The combinations and their validated :class:`TrainConfig`, before anything runs."""
+    backbones = parse_names(backbones, list(BACKBONES), "--backbones")
+    losses = parse_names(losses, list(LOSSES), "--losses")
+    grid = parse_grid(grid or {})
+    settings = dict(settings or {})
+    clash = sorted((set(settings) & NOT_SETTINGS) - {"verbose"}) + sorted(set(settings) & set(grid))
+    if clash:
+        raise ConfigError(f"settings {', '.join(clash)} are set by the ablation itself "
+                          "(--backbones, --losses, --grid, --out)")
+    if "ce" in losses:
+        only = sorted(set(grid) & CONTRASTIVE_ONLY)
+        if only:
+            raise ConfigError(f"--grid {', '.join(only)} does not change ce runs; "
+                              "remove ce from --losses or the setting from --grid")
+    combos, configs = [], []
+    for backbone, loss, *values in itertools.product(backbones, losses, *grid.values()):
+        combo = Combination(backbone, loss, dict(zip(grid, values)))
+        config = TrainConfig(**{**settings, **combo.values}, backbone=backbone, loss=loss,
+                             out=str(Path(out) / combo.name))
+        try:
+            config.validate()
+        except ConfigError as exc:
+            raise ConfigError(f"{combo.name}: {exc}") from None
+        combos.append(combo)
+        configs.append(config)
+    return combos, configs
+
+
+def _shared_settings(config):
+    """What must be equal for runs to be compared: every setting but the varied ones."""
+    d = dataclasses.asdict(config)
+    return {k: v for k, v in d.items() if k not in NOT_SETTINGS}
+
+
+def run_ablation(out, backbones, losses, grid=None, *, title=None, **settings):
+    """Train every combination into ``out`` and write the report.
+
+    Returns ``{"combinations": [{name, backbone, loss, values, status, error}], "report": path}``
+    with ``status`` one of ``finished`` (trained now), ``skipped`` (finished
+    before), ``failed``.
+    """
+    out = Path(out)
+    combos, configs = plan(backbones, losses, grid, settings, out)
+    book = RunDir(out)
+    out.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for combo, config in zip(combos, configs):
+        run = RunDir(config.out)
+        entry = {"name": combo.name, "backbone": combo.backbone, "loss": combo.loss,
+                 "values": combo.values, "status": "pending", "error": None}
+        entries.append(entry)
+        if run.file(CONFIG_FILE).exists():
+            saved = TrainConfig.from_dict(run.read_json(CONFIG_FILE)["settings"])
+            if _shared_settings(saved) != _shared_settings(config):
+                diff = {k: (v, getattr(config, k)) for k, v in _shared_settings(saved).items()
+                        if v != getattr(config, k)}
+                raise ConfigError(
+                    f"{run.path} was trained with other settings "
+                    f"({'; '.join(f'{k}: {a} there, {b} now' for k, (a, b) in diff.items())}); "
+                    "use another --out, or the same settings to continue")
+            if run.is_finished():
+                entry["status"] = "skipped"
+    book.write_json(ABLATION_FILE, _book(settings, grid, entries))
+
+    for entry, config in zip(entries, configs):
+        if entry["status"] == "skipped":
+            log.info("ablation: %s already finished, skipped", entry["name"])
+            continue
+        run = RunDir(config.out)
+        resume = run.file(STATE_FILE).exists() and run.file(CONFIG_FILE).exists()
+        log.info("ablation: %s (%s)", entry["name"], "resuming" if resume else "starting")
+        keras.backend.clear_session()
+        error_file = out / "errors" / f"{entry['name']}.txt"
+        try:
+            train(dataclasses.replace(config), resume=resume)
+        except Exception as exc:  # noqa: BLE001 - a failed combination must not stop the rest
+            entry.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+            log.error("ablation: %s failed: %s", entry["name"], entry["error"])
+            book.write_text(f"errors/{entry['name']}.txt", traceback.format_exc())
+        else:
+            entry["status"] = "finished"
+            error_file.unlink(missing_ok=True)
+        book.write_json(ABLATION_FILE, _book(settings, grid, entries))
+
+    from keras_supcon.evaluation.report import write_report
+
+    report = write_report(out, [Path(c.out) for c in configs], name="ablation",
+                          failed={e["name"]: e["error"] for e in entries
+                                  if e["status"] == "failed"},
+                          title=title or f"Ablation: {', '.join(dict.fromkeys(c.backbone for c in combos))}"
+                                         f" x {', '.join(dict.fromkeys(c.loss for c in combos))}")
+    return {"combinations": entries, "report": str(report), "out": str(out)}
+
+
+def _book(settings, grid, entries):
+    return {"settings": {k: v for k, v in settings.items() if k != "verbose"},
+            "grid": grid, "combinations": entries}
