@@ -5,6 +5,7 @@ Public API::
     from keras_supcon import data, losses, models
     from keras_supcon import TrainConfig, run_training   # the whole CLI job as one call
     from keras_supcon import PruneConfig, prune_run      # python -m keras_supcon.prune
+    from keras_supcon import run_ablation                # python -m keras_supcon.ablation
     from keras_supcon.compression import prune_classifier, to_tf_keras
 """
 
@@ -28,9 +29,10 @@ from keras_supcon.errors import (  # noqa: E402
 # Not named ``train``: that name is the CLI module ``keras_supcon.train``.
 from keras_supcon.training import TrainConfig  # noqa: E402
 from keras_supcon.training import train as run_training  # noqa: E402
+from keras_supcon.training.ablation import run_ablation  # noqa: E402
 
 __all__ = [
     "data", "losses", "models", "evaluation", "compression", "TrainConfig", "run_training",
-    "PruneConfig", "prune_run", "KerasSupconError",
+    "PruneConfig", "prune_run", "run_ablation", "KerasSupconError",
     "ConfigError", "DataError", "OfflineError", "RunDirError", "__version__",
 ]

@@ -38,35 +38,33 @@ def build_parser():
     return p
 
 
-def _as_list(value):
-    return value if isinstance(value, (list, tuple)) else [value]
+def parse_args(argv=None):
+    """``(out, backbones, losses, grid, title, settings)`` from the command line and
+    the ``--config`` file."""
+    parser = build_parser()
+    apply_config_file(parser, argv)
+    settings = vars(parser.parse_args(argv))
+    settings.pop("config")
+    out, title = settings.pop("out"), settings.pop("title")
+    backbones, losses, grid = settings.pop("backbones"), settings.pop("losses"), settings.pop("grid")
+    settings["verbose"] = verbosity(str(settings["verbose"]))
+    return out, backbones, losses, grid, title, settings
 
 
 def main(argv=None):
-    parser = build_parser()
-    apply_config_file(parser, argv)
-    args = parser.parse_args(argv)
+    out, backbones, losses, grid, title, settings = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from keras_supcon.training.ablation import run_ablation
 
-    settings = vars(args)
-    for key in ("config",):
-        settings.pop(key)
-    out, title = settings.pop("out"), settings.pop("title")
-    backbones, losses = settings.pop("backbones"), settings.pop("losses")
-    grid = settings.pop("grid")
-    settings["verbose"] = verbosity(str(settings["verbose"]))
     result = run_reporting_errors(
-        lambda: run_ablation(out, backbones, losses, grid if isinstance(grid, dict) else
-                             _as_list(grid), title=title, **settings),
+        lambda: run_ablation(out, backbones, losses, grid, title=title, **settings),
         "run the same command again to continue")
     if isinstance(result, int):
         return result
     for c in result["combinations"]:
         print(f"{c['name']}: {c['status']}" + (f" ({c['error']})" if c["error"] else ""))
     print(f"report: {result['report']}")
-    failed = [c for c in result["combinations"] if c["status"] == "failed"]
-    return 1 if failed else 0
+    return 1 if any(c["status"] == "failed" for c in result["combinations"]) else 0
 
 
 if __name__ == "__main__":

@@ -106,11 +106,12 @@ def plan(backbones, losses, grid=None, settings=None, out="runs/ablation"):
     backbones = parse_names(backbones, list(BACKBONES), "--backbones")
     losses = parse_names(losses, list(LOSSES), "--losses")
     grid = parse_grid(grid or {})
-    settings = dict(settings or {})
-    clash = sorted((set(settings) & NOT_SETTINGS) - {"verbose"}) + sorted(set(settings) & set(grid))
+    # a --grid setting replaces the single value given for it (or its default)
+    settings = {k: v for k, v in (settings or {}).items() if k not in grid}
+    clash = sorted((set(settings) & NOT_SETTINGS) - {"verbose"})
     if clash:
         raise ConfigError(f"settings {', '.join(clash)} are set by the ablation itself "
-                          "(--backbones, --losses, --grid, --out)")
+                          "(--backbones, --losses, --out)")
     if "ce" in losses:
         only = sorted(set(grid) & CONTRASTIVE_ONLY)
         if only:
@@ -164,6 +165,8 @@ def run_ablation(out, backbones, losses, grid=None, *, title=None, **settings):
                     "use another --out, or the same settings to continue")
             if run.is_finished():
                 entry["status"] = "skipped"
+    grid = parse_grid(grid or {})
+    settings = {k: v for k, v in settings.items() if k not in grid}
     book.write_json(ABLATION_FILE, _book(settings, grid, entries))
 
     for entry, config in zip(entries, configs):
