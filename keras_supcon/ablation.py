@@ -32,32 +32,35 @@ def build_parser():
     p.add_argument("--grid", action="append", default=[], metavar="SETTING=V1,V2,...",
                    help="also vary a setting (e.g. temperature=0.05,0.1,0.5); repeatable")
     p.add_argument("--out", default="runs/ablation", help="folder of the ablation")
-    p.add_argument("--title", default=None, help="title of ablation.md")
+    p.add_argument("--name", default="ablation",
+                   help="writes OUT/NAME.md, NAME.csv, NAME.json, NAME_*.png (ablations sharing "
+                        "an --out share the runs they have in common)")
+    p.add_argument("--title", default=None, help="title of the report")
     add_training_arguments(p, single_run=False)
     p.add_argument("--verbose", default="auto", choices=("auto", "0", "1", "2"))
     return p
 
 
 def parse_args(argv=None):
-    """``(out, backbones, losses, grid, title, settings)`` from the command line and
-    the ``--config`` file."""
+    """``(out, backbones, losses, grid, settings)`` from the command line and the
+    ``--config`` file; ``settings`` include ``name`` and ``title``."""
     parser = build_parser()
     apply_config_file(parser, argv)
     settings = vars(parser.parse_args(argv))
     settings.pop("config")
-    out, title = settings.pop("out"), settings.pop("title")
+    out = settings.pop("out")
     backbones, losses, grid = settings.pop("backbones"), settings.pop("losses"), settings.pop("grid")
     settings["verbose"] = verbosity(str(settings["verbose"]))
-    return out, backbones, losses, grid, title, settings
+    return out, backbones, losses, grid, settings
 
 
 def main(argv=None):
-    out, backbones, losses, grid, title, settings = parse_args(argv)
+    out, backbones, losses, grid, settings = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from keras_supcon.training.ablation import run_ablation
 
     result = run_reporting_errors(
-        lambda: run_ablation(out, backbones, losses, grid, title=title, **settings),
+        lambda: run_ablation(out, backbones, losses, grid, **settings),
         "run the same command again to continue")
     if isinstance(result, int):
         return result

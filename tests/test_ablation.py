@@ -194,9 +194,22 @@ def test_report_command_reproduces_the_ablation_tables(ablation, capsys):
 
 def test_rerun_with_other_settings_is_refused(ablation):
     out, _, _ = ablation
+    same = dict(dataset="digits", image_size=32, linear_epochs=1, batch_size=64, verbose=0)
     with pytest.raises(ConfigError, match=r"epochs: 1 there, 2 now"):
-        run_ablation(out, "small_resnet", "ce", dataset="digits", image_size=32, epochs=2,
-                     linear_epochs=1, batch_size=64, verbose=0)
+        run_ablation(out, "small_resnet", "ce", epochs=2, **same)
+
+
+def test_second_ablation_in_the_same_folder_shares_its_runs(ablation):
+    """A temperature means nothing to ce: another study with one reuses the ce run."""
+    out, _, _ = ablation
+    before = (out / "resnet50-ce" / "metrics.json").stat().st_mtime_ns
+    result = run_ablation(out, "resnet50", "ce", name="other", temperature=0.05, epochs=1,
+                          dataset="digits", image_size=32, linear_epochs=1, batch_size=64,
+                          verbose=0)
+    assert [c["status"] for c in result["combinations"]] == ["skipped"]
+    assert (out / "other.md").exists() and (out / "other.json").exists()
+    assert "1 of 1 runs finished" in (out / "other.md").read_text()
+    assert (out / "resnet50-ce" / "metrics.json").stat().st_mtime_ns == before
 
 
 def test_report_errors_name_the_offending_item(ablation, tmp_path):
@@ -275,9 +288,10 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 def test_experiment_configs_are_valid(config):
     from keras_supcon.ablation import parse_args
 
-    out, backbones, losses, grid, title, settings = parse_args(["--config", str(config)])
+    out, backbones, losses, grid, settings = parse_args(["--config", str(config)])
+    name, title = settings.pop("name"), settings.pop("title")
     combos, configs = plan(backbones, losses, grid, settings, out)
-    assert out.startswith("runs/") and title and combos
+    assert out.startswith("runs/") and title and name and combos
     text = config.read_text()
     assert f"python -m keras_supcon.ablation --config experiments/{config.name}" in text
     if "cpu" in config.name:

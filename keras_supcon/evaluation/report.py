@@ -22,6 +22,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
 from keras_supcon.errors import RunDirError  # noqa: E402
@@ -208,9 +209,9 @@ def results_csv(runs, varying=()):
 # ---------------------------------------------------------------------- figures
 def _setting_line(runs):
     s = next(r.settings for r in runs if r.settings)
-    return (f"{Path(str(s.get('dataset'))).name}, {s.get('epochs')} epochs"
-            f" (+{s.get('linear_epochs')} linear for contrastive), batch {s.get('batch_size')}, "
-            f"seed {s.get('seed')}")
+    return (f"{Path(str(s.get('dataset'))).name}, epochs {s.get('epochs')}"
+            f" (+{s.get('linear_epochs')} linear for contrastive losses), "
+            f"batch {s.get('batch_size')}, seed {s.get('seed')}")
 
 
 def plot_ablation_bars(runs, varying, metrics=(("accuracy", "test accuracy"),
@@ -268,6 +269,7 @@ def plot_all_curves(runs, varying):
                 title="Training loss per epoch")
     for ax in (ax_acc, ax_loss):
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax_acc.legend(fontsize=7, loc="best")
     fig.suptitle(f"All runs ({_setting_line(runs)})", fontsize=10)
     fig.tight_layout()

@@ -26,7 +26,6 @@ from keras_supcon.training.run import CONTRASTIVE_ONLY, LOSSES, TrainConfig, tra
 
 log = logging.getLogger(__name__)
 
-ABLATION_FILE = "ablation.json"
 # Settings an ablation cannot vary or set per run.
 NOT_SETTINGS = {"backbone", "loss", "out", "verbose"}
 
@@ -132,13 +131,16 @@ def plan(backbones, losses, grid=None, settings=None, out="runs/ablation"):
 
 
 def _shared_settings(config):
-    """What must be equal for runs to be compared: every setting but the varied ones."""
-    d = dataclasses.asdict(config)
-    return {k: v for k, v in d.items() if k not in NOT_SETTINGS}
+    """What must be equal for runs to be compared: every setting but the varied ones
+    (and, for ce, the settings ce ignores)."""
+    ignored = NOT_SETTINGS | (CONTRASTIVE_ONLY if config.loss == "ce" else set())
+    return {k: v for k, v in dataclasses.asdict(config).items() if k not in ignored}
 
 
-def run_ablation(out, backbones, losses, grid=None, *, title=None, **settings):
-    """Train every combination into ``out`` and write the report.
+def run_ablation(out, backbones, losses, grid=None, *, name="ablation", title=None, **settings):
+    """Train every combination into ``out`` and write the report ``out/<name>.md``
+    (and ``<name>.json`` / ``.csv`` / ``_*.png``). Several ablations can share
+    ``out`` under different names: a run they have in common is trained once.
 
     Returns ``{"combinations": [{name, backbone, loss, values, status, error}], "report": path}``
     with ``status`` one of ``finished`` (trained now), ``skipped`` (finished
@@ -167,7 +169,7 @@ def run_ablation(out, backbones, losses, grid=None, *, title=None, **settings):
                 entry["status"] = "skipped"
     grid = parse_grid(grid or {})
     settings = {k: v for k, v in settings.items() if k not in grid}
-    book.write_json(ABLATION_FILE, _book(settings, grid, entries))
+    book.write_json(f"{name}.json", _book(settings, grid, entries))
 
     for entry, config in zip(entries, configs):
         if entry["status"] == "skipped":
@@ -187,11 +189,11 @@ def run_ablation(out, backbones, losses, grid=None, *, title=None, **settings):
         else:
             entry["status"] = "finished"
             error_file.unlink(missing_ok=True)
-        book.write_json(ABLATION_FILE, _book(settings, grid, entries))
+        book.write_json(f"{name}.json", _book(settings, grid, entries))
 
     from keras_supcon.evaluation.report import write_report
 
-    report = write_report(out, [Path(c.out) for c in configs], name="ablation",
+    report = write_report(out, [Path(c.out) for c in configs], name=name,
                           failed={e["name"]: e["error"] for e in entries
                                   if e["status"] == "failed"},
                           title=title or f"Ablation: {', '.join(dict.fromkeys(c.backbone for c in combos))}"
