@@ -134,6 +134,23 @@ def test_tables_equal_the_runs_metrics(ablation):
         assert csv_rows[name]["status"] == "finished"
     for png in ("ablation_bars.png", "ablation_curves.png"):
         assert (out / png).stat().st_size > 10_000
+    assert not list(out.glob("ablation_sweep_*.png"))  # nothing swept here
+
+
+def test_only_settings_varied_within_a_backbone_and_loss_are_sweeps():
+    from keras_supcon.evaluation.report import RunResult, swept_settings, varying_settings
+
+    def run(backbone, loss, **s):
+        return RunResult(Path(f"{backbone}-{loss}-{s}"), dict(backbone=backbone, loss=loss, **s),
+                         {"accuracy": 0.5})
+
+    runs = [run("resnet50", "ce", image_size=32), run("inceptionv3", "ce", image_size=75),
+            run("resnet50", "supcon", image_size=32, temperature=0.1)]
+    assert varying_settings(runs) == ["image_size"]  # a temperature does not apply to ce
+    assert swept_settings(runs, ["image_size"]) == []
+    runs += [run("resnet50", "supcon", image_size=32, temperature=0.5)]
+    assert varying_settings(runs) == ["image_size", "temperature"]
+    assert swept_settings(runs, ["image_size", "temperature"]) == ["temperature"]
 
 
 def _brute_force(train_emb, train_y, test_emb, test_y, k):
@@ -281,6 +298,10 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert "unknown setting(s) batchsize" in capsys.readouterr().err
     assert report_main([str(tmp_path / "missing")]) == 2
     assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'missing'} is not a directory"
+    assert ablation_main(["--name", "../x", "--out", str(tmp_path / "a")]) == 2
+    assert capsys.readouterr().err.strip() == "error: --name must be a plain file name; got '../x'"
+    assert report_main([str(tmp_path), "--name", "/tmp/x"]) == 2
+    assert "report name must be a plain file name" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("config", sorted((Path(__file__).resolve().parents[1] /

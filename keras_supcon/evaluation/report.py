@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
-from keras_supcon.errors import RunDirError  # noqa: E402
+from keras_supcon.errors import ConfigError, RunDirError  # noqa: E402
 from keras_supcon.evaluation.tables import markdown_table  # noqa: E402
 from keras_supcon.training.callbacks import read_history  # noqa: E402
 from keras_supcon.training.rundir import CONFIG_FILE, STATE_FILE, RunDir  # noqa: E402
@@ -111,6 +111,23 @@ def varying_settings(runs):
     keys = sorted(set().union(*(r.settings for r in runs)) - _IGNORED)
     return [k for k in keys
             if len({repr(r.settings.get(k)) for r in runs if r.settings and _applies(k, r)}) > 1]
+
+
+def swept_settings(runs, varying):
+    """Numeric varying settings that take 2+ values for one backbone and loss (an
+    image size that only follows the backbone is not a sweep)."""
+    swept = []
+    for k in varying:
+        applied = [r for r in runs if _applies(k, r)]
+        if not all(isinstance(r.settings.get(k), (int, float)) for r in applied):
+            continue
+        groups = {}
+        for r in applied:
+            groups.setdefault((r.settings.get("backbone"), r.settings.get("loss")),
+                              set()).add(r.settings[k])
+        if any(len(values) > 1 for values in groups.values()):
+            swept.append(k)
+    return swept
 
 
 def _fmt(v, digits=4):
@@ -280,7 +297,7 @@ def plot_setting_sweep(runs, setting):
     """Test accuracy and kNN accuracy against a numeric setting, one line per
     backbone and loss (the paper's temperature / batch-size figures)."""
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    done = [r for r in runs if r.metrics]
+    done = [r for r in runs if r.metrics and _applies(setting, r)]
     for backbone, loss in dict.fromkeys((r.settings.get("backbone"), r.settings.get("loss"))
                                         for r in done):
         rs = sorted((r for r in done if r.settings.get("backbone") == backbone and
@@ -311,6 +328,8 @@ def write_report(folder, run_paths=None, *, name="report", failed=None, title="R
     in ``folder``); ``failed``: ``{run name: error}`` of ablation combinations
     that crashed. Returns the path of the markdown page.
     """
+    if not name or Path(name).name != name or name.startswith("."):
+        raise ConfigError(f"report name must be a plain file name; got {name!r}")
     folder = Path(folder)
     failed = failed or {}
     if run_paths is None:
@@ -349,9 +368,7 @@ def write_report(folder, run_paths=None, *, name="report", failed=None, title="R
     out.write_text(f"{name}.csv", results_csv(runs, varying))
     figures = [("bars", "Test metrics per backbone and loss", plot_ablation_bars(runs, varying)),
                ("curves", "Curves of every run", plot_all_curves(runs, varying))]
-    numeric = [k for k in varying if all(isinstance(r.settings.get(k), (int, float))
-                                         for r in done)]
-    for k in numeric:
+    for k in swept_settings(done, varying):
         figures.append((f"sweep_{k}", f"Sensitivity to {k}", plot_setting_sweep(done, k)))
     lines.append("## Figures\n")
     for suffix, caption, fig in figures:

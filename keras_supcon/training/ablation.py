@@ -147,6 +147,8 @@ def run_ablation(out, backbones, losses, grid=None, *, name="ablation", title=No
     before), ``failed``.
     """
     out = Path(out)
+    if not name or Path(name).name != name or name.startswith("."):
+        raise ConfigError(f"--name must be a plain file name; got {name!r}")
     combos, configs = plan(backbones, losses, grid, settings, out)
     book = RunDir(out)
     out.mkdir(parents=True, exist_ok=True)
