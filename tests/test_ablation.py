@@ -317,3 +317,18 @@ def test_experiment_configs_are_valid(config):
     assert f"python -m keras_supcon.ablation --config experiments/{config.name}" in text
     if "cpu" in config.name:
         assert all(c.dataset == "../shared/data/cifar10_subset.npz" for c in configs)
+
+
+def test_readme_ablation_commands_parse_and_plan():
+    import shlex
+
+    from keras_supcon.ablation import parse_args
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    commands = [c.split("#")[0] for c in readme.replace("\\\n", " ").splitlines()
+                if c.startswith("python -m keras_supcon.ablation")]
+    assert len(commands) >= 2
+    for command in commands:
+        out, backbones, losses, grid, settings = parse_args(shlex.split(command)[3:])
+        settings.pop("name"), settings.pop("title")
+        assert plan(backbones, losses, grid, settings, out)[0]
