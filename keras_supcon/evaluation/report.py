@@ -311,6 +311,7 @@ def plot_setting_sweep(runs, setting):
         ax.set_xscale("log")
         ax.set_xticks(sorted({r.settings[setting] for r in done}),
                       [f"{v:g}" for v in sorted({r.settings[setting] for r in done})])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set(xlabel=setting.replace("_", " "), ylabel="test accuracy",
            title=f"Sensitivity to {setting.replace('_', ' ')}")
     ax.grid(alpha=0.3)
