@@ -1,4 +1,4 @@
-"""Command line: ``python -m keras_supcon.ablation --backbones resnet50,densenet201 --losses ce,supcon``.
+"""Command line: ``python -m keras_supcon.ablation --backbones a,b --losses ce,supcon``.
 
 Trains every combination of backbones x losses (x optional --grid values) with
 the same data split, seed and budget, each into its own run directory under
@@ -49,7 +49,8 @@ def parse_args(argv=None):
     settings = vars(parser.parse_args(argv))
     settings.pop("config")
     out = settings.pop("out")
-    backbones, losses, grid = settings.pop("backbones"), settings.pop("losses"), settings.pop("grid")
+    backbones, losses = settings.pop("backbones"), settings.pop("losses")
+    grid = settings.pop("grid")
     settings["verbose"] = verbosity(str(settings["verbose"]))
     return out, backbones, losses, grid, settings
 

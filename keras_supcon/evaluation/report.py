@@ -158,7 +158,8 @@ def loss_tables(runs, varying):
         rows = []
         for r in (r for r in runs if r.settings.get("loss", "?") == loss):
             if r.metrics:
-                rows.append([_row_label(r, varying), *(_fmt(r.value(k)) for k, _ in CLASSIFICATION)])
+                rows.append([_row_label(r, varying),
+                             *(_fmt(r.value(k)) for k, _ in CLASSIFICATION)])
             else:
                 rows.append([_row_label(r, varying), _status_cell(r), "", "", ""])
         tables[loss] = markdown_table(["Backbone", *(h for _, h in CLASSIFICATION)], rows)
@@ -379,7 +380,8 @@ def write_report(folder, run_paths=None, *, name="report", failed=None, title="R
     rows = []
     for r in done:
         rel = Path(os.path.relpath(r.path, folder))
-        rows.append((_row_label(r, varying), r.settings.get("loss"), f"[t-SNE]({rel / 'tsne.png'})", f"[confusion]({rel / 'confusion.png'})",
+        rows.append((_row_label(r, varying), r.settings.get("loss"),
+                     f"[t-SNE]({rel / 'tsne.png'})", f"[confusion]({rel / 'confusion.png'})",
                      f"[curves]({rel / 'curves.png'})", _fmt(r.metrics.get("wall_time_s"), 0)))
     lines.append(markdown_table(["Backbone", "Loss", "t-SNE", "confusion matrix", "curves",
                                  "wall time (s)"], rows))

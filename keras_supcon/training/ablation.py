@@ -195,11 +195,12 @@ def run_ablation(out, backbones, losses, grid=None, *, name="ablation", title=No
 
     from keras_supcon.evaluation.report import write_report
 
-    report = write_report(out, [Path(c.out) for c in configs], name=name,
-                          failed={e["name"]: e["error"] for e in entries
-                                  if e["status"] == "failed"},
-                          title=title or f"Ablation: {', '.join(dict.fromkeys(c.backbone for c in combos))}"
-                                         f" x {', '.join(dict.fromkeys(c.loss for c in combos))}")
+    if title is None:
+        title = (f"Ablation: {', '.join(dict.fromkeys(c.backbone for c in combos))} x "
+                 f"{', '.join(dict.fromkeys(c.loss for c in combos))}")
+    failed = {e["name"]: e["error"] for e in entries if e["status"] == "failed"}
+    report = write_report(out, [Path(c.out) for c in configs], name=name, failed=failed,
+                          title=title)
     return {"combinations": entries, "report": str(report), "out": str(out)}
 
 
