@@ -323,6 +323,12 @@ def plot_setting_sweep(runs, setting):
 
 
 # ---------------------------------------------------------------------- the page
+def check_report_name(name, what="report name"):
+    """``name`` becomes ``<name>.md`` etc. inside the folder: no path, no hidden file."""
+    if not name or Path(name).name != name or name.startswith("."):
+        raise ConfigError(f"{what} must be a plain file name; got {name!r}")
+
+
 def write_report(folder, run_paths=None, *, name="report", failed=None, title="Results"):
     """Write ``<name>.md``, ``<name>.csv`` and ``<name>_*.png`` into ``folder``.
 
@@ -330,8 +336,7 @@ def write_report(folder, run_paths=None, *, name="report", failed=None, title="R
     in ``folder``); ``failed``: ``{run name: error}`` of ablation combinations
     that crashed. Returns the path of the markdown page.
     """
-    if not name or Path(name).name != name or name.startswith("."):
-        raise ConfigError(f"report name must be a plain file name; got {name!r}")
+    check_report_name(name)
     folder = Path(folder)
     failed = failed or {}
     if run_paths is None:

@@ -20,6 +20,7 @@ from pathlib import Path
 import keras
 
 from keras_supcon.errors import ConfigError
+from keras_supcon.evaluation.report import check_report_name, write_report
 from keras_supcon.models.backbones import BACKBONES
 from keras_supcon.training.rundir import CONFIG_FILE, STATE_FILE, RunDir
 from keras_supcon.training.run import CONTRASTIVE_ONLY, LOSSES, TrainConfig, train
@@ -147,8 +148,7 @@ def run_ablation(out, backbones, losses, grid=None, *, name="ablation", title=No
     before), ``failed``.
     """
     out = Path(out)
-    if not name or Path(name).name != name or name.startswith("."):
-        raise ConfigError(f"--name must be a plain file name; got {name!r}")
+    check_report_name(name, "--name")  # before anything trains
     combos, configs = plan(backbones, losses, grid, settings, out)
     book = RunDir(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -192,8 +192,6 @@ def run_ablation(out, backbones, losses, grid=None, *, name="ablation", title=No
             entry["status"] = "finished"
             error_file.unlink(missing_ok=True)
         book.write_json(f"{name}.json", _book(settings, grid, entries))
-
-    from keras_supcon.evaluation.report import write_report
 
     if title is None:
         title = (f"Ablation: {', '.join(dict.fromkeys(c.backbone for c in combos))} x "
