@@ -40,7 +40,8 @@ def add_training_arguments(p, *, single_run=True):
     which the caller replaces by lists.
     """
     from keras_supcon.models.backbones import BACKBONES
-    from keras_supcon.training.run import LOSSES, TrainConfig
+    from keras_supcon.losses.triplet import MINING
+    from keras_supcon.training.run import LOSSES, PROBES, TrainConfig
 
     d = TrainConfig()
     data = p.add_argument_group("data")
@@ -61,18 +62,38 @@ def add_training_arguments(p, *, single_run=True):
                            metavar="{" + ",".join(BACKBONES) + "}")
     model.add_argument("--weights", default=d.weights,
                        help="none | imagenet (needs the network) | PATH of a weights file")
-    model.add_argument("--projection-dim", type=int, default=d.projection_dim)
-    model.add_argument("--head-hidden", type=int, default=d.head_hidden)
+    model.add_argument("--projection-dim", type=int, default=d.projection_dim,
+                       help="output width of the projection head (barlow: of the projector)")
+    model.add_argument("--head-hidden", type=int, default=d.head_hidden,
+                       help="hidden width of the projection head (barlow: of the projector's "
+                            "two hidden layers; the paper uses 8192 for both widths)")
+    model.add_argument("--probe", default=d.probe, choices=PROBES,
+                       help="classifier on the frozen pre-trained encoder: linear softmax, or "
+                            "nn (one hidden ReLU layer of --probe-hidden units)")
+    model.add_argument("--probe-hidden", type=int, default=d.probe_hidden)
     train = p.add_argument_group("training")
     if single_run:
         train.add_argument("--loss", default=d.loss, choices=LOSSES,
-                           help="contrastive pre-training loss, or ce for the end-to-end "
-                                "cross-entropy baseline")
+                           help="pre-training loss (supcon, simclr, npairs, triplet, barlow: "
+                                "then a probe on the frozen encoder), or an end-to-end one: "
+                                "ce (cross-entropy), center (cross-entropy + center loss)")
     train.add_argument("--temperature", type=float, default=None,
                        help="default 0.1 (supcon, simclr), 0.05 (npairs)")
     train.add_argument("--variant", default=d.variant, choices=("out", "in"),
                        help="SupCon eq. 2 (out) or eq. 3 (in)")
-    train.add_argument("--views", type=int, default=d.views, help="augmented views per image")
+    train.add_argument("--margin", type=float, default=d.margin, help="triplet margin")
+    train.add_argument("--mining", default=d.mining, choices=MINING,
+                       help="triplet mining: batch-hard, all valid triplets, or random")
+    train.add_argument("--squared-distance", action="store_true",
+                       help="triplet on squared Euclidean distances")
+    train.add_argument("--barlow-lambda", type=float, default=d.barlow_lambda,
+                       help="Barlow Twins weight of the off-diagonal (redundancy) term")
+    train.add_argument("--center-weight", type=float, default=d.center_weight,
+                       help="center: lambda in CE + lambda * center loss")
+    train.add_argument("--center-alpha", type=float, default=d.center_alpha,
+                       help="center: update rate of the class centres, in (0, 1]")
+    train.add_argument("--views", type=int, default=d.views,
+                       help="augmented views per image (barlow: 2)")
     train.add_argument("--epochs", type=int, default=d.epochs,
                        help="pre-training epochs (ce: training epochs)")
     train.add_argument("--linear-epochs", type=int, default=d.linear_epochs)
@@ -82,6 +103,12 @@ def add_training_arguments(p, *, single_run=True):
                        help="peak learning rate (linear warm-up, then cosine decay)")
     train.add_argument("--linear-lr", type=float, default=d.linear_lr)
     train.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    train.add_argument("--l2", type=float, default=d.l2,
+                       help="L2 penalty on the classifier's kernels (l2 * sum w^2)")
+    train.add_argument("--clipnorm", type=float, default=None,
+                       help="clip the gradients to this global L2 norm")
+    train.add_argument("--no-augment", dest="augment", action="store_false",
+                       help="no crop-and-flip augmentation in the classifier stages")
     train.add_argument("--warmup-fraction", type=float, default=d.warmup_fraction)
     train.add_argument("--early-stopping", type=int, default=None, metavar="PATIENCE",
                        help="stop a stage after PATIENCE epochs without validation "

@@ -6,6 +6,7 @@ import keras
 from keras_supcon.errors import ConfigError, OfflineError
 from keras_supcon.models import (
     BACKBONES,
+    build_backbone,
     ImagePreprocess,
     build_classifier,
     build_contrastive_model,
@@ -39,10 +40,86 @@ def test_application_encoder_builds_with_its_preprocessing(name):
 
 
 @pytest.mark.parametrize("name,too_small", [("inceptionv3", 74), ("inceptionresnetv2", 32),
-                                             ("resnet50", 31), ("small_resnet", 7)])
+                                             ("resnet50", 31), ("small_resnet", 7),
+                                             ("resnet18", 31), ("resnet18_cifar", 7),
+                                             ("vgg16bn", 31), ("pixels", 0)])
 def test_image_size_below_minimum_is_refused(name, too_small):
     with pytest.raises(ConfigError, match=f"minimum of {name}"):
         build_encoder(name, too_small)
+
+
+# Trainable parameters of the torchvision models minus their classifier tops:
+# resnet18 11,689,512 - fc 512*1000+1000; vgg16_bn 138,365,992 - the three FC layers
+# (25088*4096+4096 + 4096*4096+4096 + 4096*1000+1000). The CIFAR stem trades the
+# 7x7x3x64 stem kernel for a 3x3x3x64 one. Non-trainable: BatchNorm moving statistics.
+OWN_BACKBONES = {  # name: (features at 32x32, trainable, non-trainable, literature)
+    "resnet18": (512, 11_689_512 - 513_000, 2 * 4800, 11.17e6),
+    "resnet18_cifar": (512, 11_689_512 - 513_000 - 7 * 7 * 3 * 64 + 3 * 3 * 3 * 64, 2 * 4800,
+                       11.17e6),
+    "vgg16bn": (512, 138_365_992 - 123_642_856, 2 * 4224, 14.7e6),
+    "pixels": (32 * 32 * 3, 0, 0, 0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OWN_BACKBONES))
+def test_own_backbones_output_shapes_and_parameter_counts(name):
+    features, trainable, non_trainable, literature = OWN_BACKBONES[name]
+    spec = BACKBONES[name]
+    assert not spec.has_imagenet and spec.default_size == 32 and spec.preprocess == "tf"
+    backbone = build_backbone(name, (32, 32, 3))
+    assert backbone.name == name and backbone.output_shape == (None, features)
+    n_trainable = sum(int(np.prod(w.shape)) for w in backbone.trainable_weights)
+    assert n_trainable == trainable
+    assert backbone.count_params() - n_trainable == non_trainable
+    assert n_trainable == pytest.approx(literature, rel=0.005, abs=1)
+    with pytest.raises(ConfigError, match=f"{name} has no ImageNet weights"):
+        build_encoder(name, weights="imagenet")
+
+
+@pytest.mark.parametrize("name", ["small_resnet"] + sorted(OWN_BACKBONES))
+def test_own_backbones_have_the_same_layer_names_in_tf_keras(name):
+    size = BACKBONES[name].min_size
+
+    def names(K):  # the unnamed input layer aside (weightless, auto-numbered)
+        return [layer.name for layer in build_backbone(name, (size, size, 3), K=K).layers[1:]]
+
+    assert names(keras) == names(tf_keras)
+    assert len(set(names(keras))) == len(names(keras))
+
+
+@pytest.mark.parametrize("name,size", [("resnet18", 32), ("resnet18_cifar", 8),
+                                       ("vgg16bn", 32), ("pixels", 1)])
+def test_own_backbones_run_at_their_minimum_size(name, size):
+    assert BACKBONES[name].min_size == size
+    encoder = build_encoder(name, size)
+    features = np.asarray(encoder(_images(2, size), training=False))
+    assert features.shape == (2, encoder.output_shape[-1]) and np.isfinite(features).all()
+    assert features.std() > 0
+
+
+@pytest.mark.parametrize("name,final_map", [("resnet18", 1), ("resnet18_cifar", 4)])
+def test_cifar_stem_keeps_more_spatial_resolution(name, final_map):
+    backbone = build_backbone(name, (32, 32, 3))
+    last = keras.Model(backbone.input, backbone.get_layer("stage4_block2_out").output)
+    assert last.output_shape == (None, final_map, final_map, 512)
+    assert np.asarray(last(_images(1, 32) / 127.5 - 1)).shape == (1, final_map, final_map, 512)
+    layers = {layer.name for layer in backbone.layers}
+    assert ("stem_pool" in layers) == (name == "resnet18")
+    assert backbone.get_layer("stem_conv").kernel.shape == ((7, 7) if name == "resnet18"
+                                                            else (3, 3)) + (3, 64)
+
+
+def test_pixels_is_the_flattened_preprocessed_image():
+    encoder = build_encoder("pixels", 8)
+    x = _images(3, 8)
+    got = np.asarray(encoder(x))
+    assert got.shape == (3, 8 * 8 * 3)
+    preprocessed = np.asarray(encoder.get_layer("preprocess")(x))
+    np.testing.assert_array_equal(got, preprocessed.reshape(3, -1))
+    np.testing.assert_allclose(got, (x / 127.5 - 1).reshape(3, -1), rtol=0, atol=1e-6)
+    assert got.min() >= -1 and got.max() <= 1
+    # softmax regression: the classifier on pixels is one Dense layer on S*S*3 inputs
+    assert build_classifier(encoder, 10).count_params() == 8 * 8 * 3 * 10 + 10
 
 
 def test_unknown_backbone_lists_the_choices():

@@ -52,7 +52,18 @@ def test_twin_reproduces_the_keras3_classifier(backbone):
 
 def test_architecture_is_read_from_the_classifier():
     classifier = build_classifier(build_encoder("small_resnet", 12), 3, dropout=0.25)
-    assert classifier_architecture(classifier) == ("small_resnet", 12, 3, 0.25)
+    assert classifier_architecture(classifier) == ("small_resnet", 12, 3, 0.25, None)
+
+
+def test_twin_of_an_mlp_probe_classifier():
+    """fine_tune_nn's classifier (a hidden layer before the softmax) has a twin too."""
+    classifier = _randomised(build_classifier(build_encoder("small_resnet", 12), 3, hidden=16,
+                                              l2=1e-3))
+    assert classifier_architecture(classifier) == ("small_resnet", 12, 3, 0.0, 16)
+    twin = to_tf_keras(classifier)
+    images = np.random.default_rng(2).uniform(0, 255, (4, 12, 12, 3)).astype("float32")
+    np.testing.assert_allclose(twin(images).numpy(), np.asarray(classifier(images)),
+                               rtol=1e-4, atol=1e-6)
 
 
 def test_a_foreign_model_is_refused():

@@ -18,8 +18,9 @@ ENCODER_PREFIX = "encoder_"
 
 
 def classifier_architecture(classifier):
-    """``(backbone, image_size, num_classes, dropout)`` of a classifier from
-    :func:`~keras_supcon.models.build_classifier`."""
+    """``(backbone, image_size, num_classes, dropout, hidden)`` of a classifier from
+    :func:`~keras_supcon.models.build_classifier` (``hidden``: width of its hidden
+    layer, or None)."""
     encoders = [layer for layer in classifier.layers if layer.name.startswith(ENCODER_PREFIX)]
     if len(encoders) != 1:
         raise ConfigError(
@@ -30,15 +31,17 @@ def classifier_architecture(classifier):
     num_classes = int(classifier.output_shape[-1])
     dropout = next((float(layer.rate) for layer in classifier.layers
                     if layer.name == "dropout"), 0.0)
-    return backbone, image_size, num_classes, dropout
+    hidden = next((int(layer.units) for layer in classifier.layers
+                   if layer.name == "hidden"), None)
+    return backbone, image_size, num_classes, dropout, hidden
 
 
 def rebuild(classifier, K):
     """The architecture of ``classifier`` built fresh with Keras module ``K``
     (``tf_keras`` for the twin, ``keras`` for the way back), weights copied."""
-    backbone, image_size, num_classes, dropout = classifier_architecture(classifier)
+    backbone, image_size, num_classes, dropout, hidden = classifier_architecture(classifier)
     model = build_classifier(build_encoder(backbone, image_size, K=K), num_classes,
-                             dropout=dropout, K=K)
+                             dropout=dropout, hidden=hidden, K=K)
     copy_weights(classifier, model)
     return model
 

@@ -304,6 +304,22 @@ def _from_tfds(name, data_dir, val_fraction):
     )
 
 
+def load_unlabelled_split(spec, *, data_dir=None):
+    """The unlabelled split of a TFDS data set (STL-10's ``unlabelled``) as
+    ``(uint8 image, -1)`` pairs, or ``None`` if ``spec`` has no such split."""
+    spec = os.fspath(spec)
+    if spec == "digits" or spec.endswith(".npz") or os.path.isdir(spec):
+        return None
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder(spec, data_dir=data_dir)
+    splits = builder.info.splits
+    if splits and "unlabelled" not in splits:
+        return None
+    ds = builder.as_dataset(split="unlabelled", shuffle_files=False)
+    return ds.map(lambda ex: (ex["image"], tf.constant(-1, tf.int64)))
+
+
 def _count(ds):
     """Number of elements of ``ds`` (its cardinality, or one pass if that is unknown)."""
     n = int(ds.cardinality())

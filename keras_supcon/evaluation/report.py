@@ -29,7 +29,7 @@ from keras_supcon.errors import ConfigError, RunDirError  # noqa: E402
 from keras_supcon.evaluation.tables import markdown_table  # noqa: E402
 from keras_supcon.training.callbacks import read_history  # noqa: E402
 from keras_supcon.training.rundir import CONFIG_FILE, STATE_FILE, RunDir  # noqa: E402
-from keras_supcon.training.run import CONTRASTIVE_ONLY  # noqa: E402
+from keras_supcon.training.run import END_TO_END_LOSSES, LOSS_SETTINGS, uses_setting  # noqa: E402
 
 CLASSIFICATION = [("f1_macro", "F1"), ("accuracy", "Accuracy"), ("precision_macro", "Precision"),
                   ("recall_macro", "Recall")]
@@ -102,7 +102,7 @@ def collect_runs(folder):
 
 
 def _applies(key, run):
-    return run.settings.get("loss") != "ce" or key not in CONTRASTIVE_ONLY
+    return uses_setting(run.settings.get("loss"), key)
 
 
 def varying_settings(runs):
@@ -144,7 +144,7 @@ def _row_label(run, varying):
 
 def _group_label(run, varying):
     """What a run is compared on across losses: backbone and shared varying settings."""
-    return _row_label(run, [k for k in varying if k not in CONTRASTIVE_ONLY])
+    return _row_label(run, [k for k in varying if k not in LOSS_SETTINGS])
 
 
 def _status_cell(run):
@@ -270,7 +270,7 @@ def plot_all_curves(runs, varying):
         history = read_history(RunDir(r.path))
         label = f"{_row_label(r, varying)} | {r.settings.get('loss')}"
         color = plt.get_cmap("tab10")(i % 10)
-        stage = "ce" if r.settings.get("loss") == "ce" else "linear"
+        stage = "ce" if r.settings.get("loss") in END_TO_END_LOSSES else "linear"
         rows = [h for h in history if h["stage"] == stage]
         ax_acc.plot([h["epoch"] for h in rows], [h.get("val_accuracy") for h in rows],
                     marker="o", ms=3, color=color, ls="-" if stage == "ce" else "--",

@@ -2,6 +2,7 @@
 
 from keras_supcon.models.backbones import BACKBONES, build_backbone, get_backbone
 from keras_supcon.models.build import (
+    build_barlow_projector,
     build_classifier,
     build_contrastive_model,
     build_encoder,
@@ -12,5 +13,5 @@ from keras_supcon.models.layers import ImagePreprocess
 
 __all__ = [
     "BACKBONES", "get_backbone", "build_backbone", "build_encoder", "build_projection_head",
-    "build_contrastive_model", "build_classifier", "freeze", "ImagePreprocess",
+    "build_contrastive_model", "build_barlow_projector", "build_classifier", "freeze", "ImagePreprocess",
 ]

@@ -3,8 +3,33 @@
 Every builder takes the Keras module ``K`` (``keras`` or ``tf_keras``), so the
 Keras 3 model and its tf_keras twin (for tfmot pruning) come from the same code.
 A builder returns a model mapping preprocessed images to pooled features.
+
+Backbones (trainable parameters without a classifier top):
+
+- ``small_resnet``: a compact 3-stage ResNet with a 3x3 stem, ~0.3 M (CPU-sized);
+- ``resnet18``: ResNet-18 (He et al. 2016) from scratch, ImageNet stem
+  (7x7/2 conv, 3x3/2 max-pool), 11.18 M, features ``[B, 512]``;
+- ``resnet18_cifar``: the same network with the CIFAR stem of the SimCLR /
+  SupContrast ResNets (3x3/1 conv, no max-pool), 11.17 M, ``[B, 512]``;
+- ``vgg16bn``: the 13 convolutions of VGG-16 with BatchNorm (Simonyan & Zisserman
+  2015; torchvision ``vgg16_bn`` layout) then global average pooling, 14.72 M,
+  ``[B, 512]``;
+- ``pixels``: no parameters, the flattened preprocessed image ``[B, S*S*3]``, the
+  input of the softmax-regression and MLP baselines;
+- ``resnet50``, ``densenet169``, ``densenet201``, ``inceptionv3``,
+  ``inceptionresnetv2``: ``keras.applications``, optionally with ImageNet weights.
+
+Our ResNets use ``padding="same"`` for every strided convolution and pooling
+(on even sizes TensorFlow pads one pixel less top/left than PyTorch: shapes and
+parameter counts are those of the papers, the sampling grid is shifted by one
+pixel, immaterial when training from scratch), so their maps shrink as
+``ceil(size / stride)`` and never below 1x1. Their ``min_size`` is the total
+stride (32 for ``resnet18``, 8 for ``resnet18_cifar``): the smallest input that
+reaches a 1x1 final map without the deepest stages running on padding alone.
+VGG's 2x2 pools are unpadded, as in the paper, so 32 is a hard minimum there.
 """
 
+import functools
 import os
 from dataclasses import dataclass
 from typing import Callable
@@ -62,10 +87,87 @@ def build_small_resnet(K, input_shape, weights=None, widths=(32, 64, 128)):
     return K.Model(inputs, x, name="small_resnet")
 
 
+def build_resnet18(K, input_shape, weights=None, *, cifar_stem=False):
+    """ResNet-18 (He et al. 2016): basic blocks [2, 2, 2, 2], widths 64-512, strides
+    1, 2, 2, 2; the first block of stages 2-4 has a 1x1 projection shortcut + BN.
+
+    ``cifar_stem=False``: the ImageNet stem, 7x7/2 conv, BN, ReLU, 3x3/2 max-pool
+    (total stride 32: 32x32 -> 1x1). ``cifar_stem=True``: 3x3/1 conv, BN, ReLU and no
+    max-pool, as in the SimCLR / SupContrast CIFAR ResNets (total stride 8: 32x32 -> 4x4).
+    Global average pooling -> ``[B, 512]``.
+    """
+    L = K.layers
+    inputs = L.Input(input_shape)
+    if cifar_stem:
+        x = L.Conv2D(64, 3, padding="same", use_bias=False, name="stem_conv")(inputs)
+    else:
+        x = L.Conv2D(64, 7, strides=2, padding="same", use_bias=False,
+                     name="stem_conv")(inputs)
+    x = L.BatchNormalization(name="stem_bn")(x)
+    x = L.ReLU(name="stem_relu")(x)
+    if not cifar_stem:
+        x = L.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")(x)
+    for i, filters in enumerate((64, 128, 256, 512)):
+        for j in range(2):
+            stride = 2 if i > 0 and j == 0 else 1
+            x = _basic_block(L, x, filters, stride, name=f"stage{i + 1}_block{j + 1}")
+    x = L.GlobalAveragePooling2D(name="avg_pool")(x)
+    return K.Model(inputs, x, name="resnet18_cifar" if cifar_stem else "resnet18")
+
+
+# VGG-16 (configuration "D"): filters of the 3x3 convolutions, "M" a 2x2/2 max-pool.
+VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M",
+                512, 512, 512, "M", 512, 512, 512, "M")
+
+
+def build_vgg16bn(K, input_shape, weights=None):
+    """VGG-16 with BatchNorm, the torchvision ``vgg16_bn`` feature layout: 13 convs
+    (3x3, same padding, with bias) each followed by BN and ReLU, five 2x2/2 max-pools
+    (32x32 -> 1x1), then global average pooling -> ``[B, 512]`` instead of the
+    fully-connected top (our heads go on top, as for the other backbones).
+    """
+    L = K.layers
+    inputs = L.Input(input_shape)
+    x = inputs
+    block, conv = 1, 1
+    for item in VGG16_LAYOUT:
+        if item == "M":
+            x = L.MaxPooling2D(2, strides=2, name=f"block{block}_pool")(x)
+            block, conv = block + 1, 1
+            continue
+        name = f"block{block}_conv{conv}"
+        x = L.Conv2D(item, 3, padding="same", name=name)(x)
+        x = L.BatchNormalization(name=f"{name}_bn")(x)
+        x = L.ReLU(name=f"{name}_relu")(x)
+        conv += 1
+    x = L.GlobalAveragePooling2D(name="avg_pool")(x)
+    return K.Model(inputs, x, name="vgg16bn")
+
+
+def build_pixels(K, input_shape, weights=None):
+    """The identity backbone: the preprocessed image (scaled to [-1, 1]) flattened to
+    ``[B, S*S*3]``, for softmax regression (a classifier straight on top) and MLP
+    baselines on raw pixels. No weights."""
+    inputs = K.layers.Input(input_shape)
+    x = K.layers.Flatten(name="flatten_pixels")(inputs)
+    return K.Model(inputs, x, name="pixels")
+
+
 BACKBONES = {
     spec.name: spec
     for spec in [
         BackboneSpec("small_resnet", build_small_resnet, "tf", 8, 32, has_imagenet=False),
+        # Total stride 32: 32 -> 1x1. Below 32 "same" padding still leaves a 1x1 map,
+        # but the last stages would run on padding (e.g. at 16 stage 4 sees 1x1).
+        BackboneSpec("resnet18", functools.partial(build_resnet18, cifar_stem=False),
+                     "tf", 32, 32, has_imagenet=False),
+        # Total stride 8: 8 -> 1x1, 32 -> 4x4.
+        BackboneSpec("resnet18_cifar", functools.partial(build_resnet18, cifar_stem=True),
+                     "tf", 8, 32, has_imagenet=False),
+        # Five valid 2x2/2 pools: 32 -> 1x1; at 31 the last pool gets a 1x1 map -> 0x0.
+        BackboneSpec("vgg16bn", build_vgg16bn, "tf", 32, 32, has_imagenet=False),
+        # No spatial operation: every size is valid.
+        BackboneSpec("pixels", build_pixels, "tf", 1, 32, has_imagenet=False),
         BackboneSpec("resnet50", _application("ResNet50"), "caffe", 32, 32),
         BackboneSpec("densenet169", _application("DenseNet169"), "torch", 32, 32),
         BackboneSpec("densenet201", _application("DenseNet201"), "torch", 32, 32),

@@ -5,9 +5,12 @@
 - projection head: features ``[B, F]`` -> L2-normalised embeddings ``[B, P]``;
 - contrastive model: views ``[B, V, S, S, 3]`` -> embeddings ``[B, V, P]``, the
   input of :class:`~keras_supcon.losses.SupConLoss` / ``NPairsLoss``;
+- Barlow Twins projector: features ``[B, F]`` -> ``[B, P]`` through
+  ``Dense-BN-ReLU`` blocks (no L2 normalisation: the loss standardises per dimension);
 - classifier: images -> class probabilities, on an encoder that is frozen for
   linear evaluation (``encoder.trainable = False`` also puts its BatchNorm
-  layers in inference mode) or trainable for the cross-entropy baseline.
+  layers in inference mode) or trainable for the cross-entropy baseline; a
+  linear softmax on the features, or (``hidden=H``) one hidden ReLU layer first.
 """
 
 import keras
@@ -35,6 +38,23 @@ def build_projection_head(input_dim, hidden_dim=512, projection_dim=128, *, K=ke
     return K.Model(inputs, x, name="projection_head")
 
 
+def build_barlow_projector(input_dim, width=8192, projection_dim=8192, *, depth=3, K=keras):
+    """Barlow Twins projector (Zbontar et al. 2021): ``depth - 1`` blocks of
+    ``Dense(width) -> BatchNorm -> ReLU``, then ``Dense(projection_dim)``.
+
+    The paper uses ``width = projection_dim = 8192`` and ``depth = 3``.
+    """
+    inputs = K.Input((input_dim,), name="features")
+    x = inputs
+    for i in range(1, depth):
+        x = K.layers.Dense(width, use_bias=False, name=f"projector_dense{i}")(x)
+        x = K.layers.BatchNormalization(name=f"projector_bn{i}")(x)
+        x = K.layers.ReLU(name=f"projector_relu{i}")(x)
+    x = K.layers.Dense(projection_dim, use_bias=False, dtype="float32",
+                       name="projector_out")(x)
+    return K.Model(inputs, x, name="barlow_projector")
+
+
 def build_contrastive_model(encoder, head, views=2, *, K=keras):
     """``[B, V, S, S, 3]`` views -> ``[B, V, P]`` embeddings (encoder and head shared).
 
@@ -48,15 +68,24 @@ def build_contrastive_model(encoder, head, views=2, *, K=keras):
     return K.Model(inputs, embeddings, name="contrastive_model")
 
 
-def build_classifier(encoder, num_classes, *, dropout=0.0, K=keras):
-    """Images -> softmax probabilities over ``num_classes`` on top of ``encoder``."""
+def build_classifier(encoder, num_classes, *, dropout=0.0, hidden=None, l2=0.0, K=keras):
+    """Images -> softmax probabilities over ``num_classes`` on top of ``encoder``.
+
+    ``hidden``: width of one hidden ReLU layer between the features and the
+    softmax (``fine_tune_nn``); ``None`` is a linear softmax (``fine_tune_linear``).
+    ``l2``: L2 penalty ``l2 * sum(w^2)`` on the kernels of these layers.
+    """
     image_shape = tuple(encoder.input_shape[1:])
+    regularizer = K.regularizers.L2(l2) if l2 else None
     inputs = K.Input(image_shape, name="images")
     x = encoder(inputs)
+    if hidden:
+        x = K.layers.Dense(hidden, activation="relu", kernel_regularizer=regularizer,
+                           name="hidden")(x)
     if dropout:
         x = K.layers.Dropout(dropout, name="dropout")(x)
     outputs = K.layers.Dense(num_classes, activation="softmax", dtype="float32",
-                             name="probabilities")(x)
+                             kernel_regularizer=regularizer, name="probabilities")(x)
     return K.Model(inputs, outputs, name="classifier")
 
 

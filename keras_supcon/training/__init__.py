@@ -2,6 +2,6 @@
 
 from keras_supcon.training.optim import make_optimizer, warmup_cosine
 from keras_supcon.training.rundir import RunDir
-from keras_supcon.training.run import LOSSES, TrainConfig, train
+from keras_supcon.training.run import LOSSES, TrainConfig, fine_tune_linear, fine_tune_nn, train
 
-__all__ = ["TrainConfig", "train", "LOSSES", "RunDir", "make_optimizer", "warmup_cosine"]
+__all__ = ["TrainConfig", "train", "LOSSES", "fine_tune_linear", "fine_tune_nn", "RunDir", "make_optimizer", "warmup_cosine"]

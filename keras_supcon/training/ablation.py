@@ -23,7 +23,7 @@ from keras_supcon.errors import ConfigError
 from keras_supcon.evaluation.report import check_report_name, write_report
 from keras_supcon.models.backbones import BACKBONES
 from keras_supcon.training.rundir import CONFIG_FILE, STATE_FILE, RunDir
-from keras_supcon.training.run import CONTRASTIVE_ONLY, LOSSES, TrainConfig, train
+from keras_supcon.training.run import LOSSES, TrainConfig, train, uses_setting
 
 log = logging.getLogger(__name__)
 
@@ -112,11 +112,11 @@ def plan(backbones, losses, grid=None, settings=None, out="runs/ablation"):
     if clash:
         raise ConfigError(f"settings {', '.join(clash)} are set by the ablation itself "
                           "(--backbones, --losses, --out)")
-    if "ce" in losses:
-        only = sorted(set(grid) & CONTRASTIVE_ONLY)
-        if only:
-            raise ConfigError(f"--grid {', '.join(only)} does not change ce runs; "
-                              "remove ce from --losses or the setting from --grid")
+    for key in grid:
+        unused = [loss for loss in losses if not uses_setting(loss, key)]
+        if unused:
+            raise ConfigError(f"--grid {key} does not change {', '.join(unused)} runs; "
+                              f"remove {', '.join(unused)} from --losses or {key} from --grid")
     combos, configs = [], []
     for backbone, loss, *values in itertools.product(backbones, losses, *grid.values()):
         combo = Combination(backbone, loss, dict(zip(grid, values)))
@@ -132,10 +132,10 @@ def plan(backbones, losses, grid=None, settings=None, out="runs/ablation"):
 
 
 def _shared_settings(config):
-    """What must be equal for runs to be compared: every setting but the varied ones
-    (and, for ce, the settings ce ignores)."""
-    ignored = NOT_SETTINGS | (CONTRASTIVE_ONLY if config.loss == "ce" else set())
-    return {k: v for k, v in dataclasses.asdict(config).items() if k not in ignored}
+    """What must be equal for runs to be compared: every setting the run's loss uses
+    (a temperature does not change a ce run), but the varied ones."""
+    return {k: v for k, v in dataclasses.asdict(config).items()
+            if k not in NOT_SETTINGS and uses_setting(config.loss, k)}
 
 
 def run_ablation(out, backbones, losses, grid=None, *, name="ablation", title=None, **settings):

@@ -23,14 +23,18 @@ def warmup_cosine(lr, total_steps, warmup_fraction=0.1):
     )
 
 
-def make_optimizer(name, lr, *, total_steps, weight_decay=0.0, warmup_fraction=0.1):
-    """``adam`` or ``sgd`` (momentum 0.9), decoupled weight decay, warm-up + cosine LR."""
+def make_optimizer(name, lr, *, total_steps, weight_decay=0.0, warmup_fraction=0.1,
+                   clipnorm=None):
+    """``adam`` or ``sgd`` (momentum 0.9), decoupled weight decay, warm-up + cosine LR;
+    ``clipnorm``: the gradients are rescaled so that their global L2 norm is at most this."""
     schedule = warmup_cosine(lr, total_steps, warmup_fraction)
     if weight_decay < 0:
         raise ConfigError(f"weight decay must be >= 0; got {weight_decay}")
-    wd = weight_decay or None
+    if clipnorm is not None and not clipnorm > 0:
+        raise ConfigError(f"gradient clipping norm must be > 0; got {clipnorm}")
+    kw = dict(weight_decay=weight_decay or None, global_clipnorm=clipnorm)
     if name == "adam":
-        return keras.optimizers.Adam(schedule, weight_decay=wd)
+        return keras.optimizers.Adam(schedule, **kw)
     if name == "sgd":
-        return keras.optimizers.SGD(schedule, momentum=0.9, weight_decay=wd)
+        return keras.optimizers.SGD(schedule, momentum=0.9, **kw)
     raise ConfigError(f"unknown optimizer {name!r}; choose one of: {', '.join(OPTIMIZERS)}")

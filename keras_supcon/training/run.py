@@ -2,12 +2,17 @@
 
 Stages (each resumable from its last per-epoch checkpoint):
 
-1. ``pretrain``: encoder + projection head trained with the contrastive loss
-   (``supcon``, ``simclr`` or ``npairs``) on two augmented views per image;
-2. ``linear``: encoder frozen, softmax classifier trained with cross-entropy;
+1. ``pretrain``: encoder + projection head trained with a representation loss on
+   augmented views of each image: ``supcon``, ``simclr``, ``npairs``,
+   ``triplet`` (any number of views) or ``barlow`` (exactly two);
+2. ``linear``: encoder frozen, classifier trained with cross-entropy: a linear
+   softmax (``probe="linear"``, :func:`fine_tune_linear`) or a one-hidden-layer
+   MLP (``probe="nn"``, :func:`fine_tune_nn`);
 
-or, for ``loss="ce"``, one ``ce`` stage training the classifier end to end.
-Then test metrics, figures and a SavedModel export, all into the run directory.
+or, for the end-to-end losses, one ``ce`` stage training the classifier end to
+end: ``ce`` (cross-entropy), ``center`` (cross-entropy + ``center_weight`` x
+center loss on the encoder features). Then test metrics (classification and
+embedding quality), figures and a SavedModel export, all into the run directory.
 """
 
 import dataclasses
@@ -19,9 +24,10 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from keras_supcon.compression.export import check_saved_model, export_saved_model
-from keras_supcon.data import contrastive_batches, load_dataset, supervised_batches
+from keras_supcon.data import DataSplits, contrastive_batches, load_dataset, supervised_batches
 from keras_supcon.data.pipeline import check_contrastive_batch_size
 from keras_supcon.errors import ConfigError
 from keras_supcon.evaluation import (
@@ -33,8 +39,17 @@ from keras_supcon.evaluation import (
     predict,
     tsne_embedding,
 )
-from keras_supcon.losses import NPairsLoss, SimCLRLoss, SupConLoss
+from keras_supcon.losses import (
+    BarlowTwinsLoss,
+    CenterLoss,
+    NPairsLoss,
+    SimCLRLoss,
+    SupConLoss,
+    TripletLoss,
+)
+from keras_supcon.losses.triplet import MINING
 from keras_supcon.models import (
+    build_barlow_projector,
     build_classifier,
     build_contrastive_model,
     build_encoder,
@@ -49,11 +64,24 @@ from keras_supcon.training.rundir import CONFIG_FILE, RunDir
 
 log = logging.getLogger(__name__)
 
-LOSSES = ("supcon", "simclr", "npairs", "ce")
+PRETRAIN_LOSSES = ("supcon", "simclr", "npairs", "triplet", "barlow")  # then a frozen-encoder probe
+END_TO_END_LOSSES = ("ce", "center")  # one cross-entropy stage
+LOSSES = PRETRAIN_LOSSES + END_TO_END_LOSSES
 DEFAULT_TEMPERATURE = {"supcon": 0.1, "simclr": 0.1, "npairs": 0.05}
-# Settings that only change the contrastive runs (ce ignores them).
-CONTRASTIVE_ONLY = frozenset({"temperature", "variant", "views", "projection_dim", "head_hidden",
-                              "linear_epochs", "linear_lr"})
+PROBES = ("linear", "nn")
+# Settings used by some losses only; any other setting applies to every run.
+LOSS_SETTINGS = {
+    "temperature": tuple(DEFAULT_TEMPERATURE), "variant": ("supcon",),
+    "margin": ("triplet",), "mining": ("triplet",), "squared_distance": ("triplet",),
+    "barlow_lambda": ("barlow",), "center_weight": ("center",), "center_alpha": ("center",),
+    **dict.fromkeys(("views", "projection_dim", "head_hidden", "linear_epochs", "linear_lr",
+                     "probe", "probe_hidden"), PRETRAIN_LOSSES),
+}
+
+
+def uses_setting(loss, key):
+    """Whether setting ``key`` changes a run with loss ``loss`` (temperature: not for ce)."""
+    return loss in LOSS_SETTINGS.get(key, (loss,))
 
 
 @dataclass
@@ -68,9 +96,17 @@ class TrainConfig:
     loss: str = "supcon"
     temperature: float = None  # default: 0.1 (supcon, simclr), 0.05 (npairs, as the tutorial)
     variant: str = "out"
+    margin: float = 0.2  # triplet
+    mining: str = "hard"  # triplet: hard | all | random
+    squared_distance: bool = False  # triplet
+    barlow_lambda: float = 5e-3  # barlow: weight of the off-diagonal term
+    center_weight: float = 0.003  # center: lambda of CE + lambda * center loss
+    center_alpha: float = 0.5  # center: centre update rate
     views: int = 2
     projection_dim: int = 128
-    head_hidden: int = 512
+    head_hidden: int = 512  # barlow: width of the projector's hidden layers
+    probe: str = "linear"  # classifier on the frozen encoder: linear | nn
+    probe_hidden: int = 512  # width of the nn probe's hidden layer
     epochs: int = 5
     linear_epochs: int = 5
     batch_size: int = 64
@@ -78,6 +114,9 @@ class TrainConfig:
     lr: float = 1e-3
     linear_lr: float = 1e-3
     weight_decay: float = 0.0
+    l2: float = 0.0  # L2 penalty on the classifier's kernels
+    clipnorm: float = None  # global gradient-norm clipping
+    augment: bool = True  # crop-and-flip augmentation in the classifier stages
     warmup_fraction: float = 0.1
     early_stopping: int = None  # patience in epochs; None: run all epochs, keep the best
     val_fraction: float = 0.1
@@ -99,7 +138,7 @@ class TrainConfig:
         normalize_weights(self.weights)
         if self.loss not in LOSSES:
             raise ConfigError(f"unknown loss {self.loss!r}; choose one of: {', '.join(LOSSES)}")
-        if self.temperature is None and self.loss != "ce":
+        if self.temperature is None and self.loss in DEFAULT_TEMPERATURE:
             self.temperature = DEFAULT_TEMPERATURE[self.loss]
         if self.temperature is not None and not self.temperature > 0:
             raise ConfigError(f"temperature must be > 0; got {self.temperature}")
@@ -108,15 +147,26 @@ class TrainConfig:
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"unknown optimizer {self.optimizer!r}; "
                               f"choose one of: {', '.join(OPTIMIZERS)}")
-        if self.loss != "ce":
+        self._validate_loss_settings()
+        if self.loss in PRETRAIN_LOSSES:
             check_contrastive_batch_size(self.batch_size)
         if self.batch_size < 1:
             raise ConfigError(f"batch size must be >= 1; got {self.batch_size}")
         if self.views < 1 or (self.loss == "simclr" and self.views < 2):
             raise ConfigError(f"views must be >= 1 (>= 2 for simclr); got {self.views}")
+        if self.loss == "barlow" and self.views != 2:
+            raise ConfigError(f"Barlow Twins compares exactly two views of each image; "
+                              f"got --views {self.views}")
         for name in ("epochs", "linear_epochs"):
-            if getattr(self, name) < (1 if name == "epochs" or self.loss != "ce" else 0):
+            if getattr(self, name) < (1 if uses_setting(self.loss, name) else 0):
                 raise ConfigError(f"{name} must be >= 1; got {getattr(self, name)}")
+        for name in ("projection_dim", "head_hidden", "probe_hidden"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be a positive width; got {getattr(self, name)}")
+        if self.l2 < 0:
+            raise ConfigError(f"l2 must be >= 0; got {self.l2}")
+        if self.clipnorm is not None and not self.clipnorm > 0:
+            raise ConfigError(f"gradient clipping norm must be > 0; got {self.clipnorm}")
         if self.early_stopping is not None and self.early_stopping < 1:
             raise ConfigError(f"early-stopping patience must be >= 1; got {self.early_stopping}")
         if self.out is None:
@@ -124,6 +174,22 @@ class TrainConfig:
             name = Path(str(self.dataset)).stem or "data"
             self.out = str(Path("runs") / f"{stamp}-{name}-{self.backbone}-{self.loss}")
         return self
+
+    def _validate_loss_settings(self):
+        if self.mining not in MINING:
+            raise ConfigError(f"unknown triplet mining {self.mining!r}; "
+                              f"choose one of: {', '.join(MINING)}")
+        if self.margin < 0:
+            raise ConfigError(f"triplet margin must be >= 0; got {self.margin}")
+        if self.barlow_lambda < 0:
+            raise ConfigError(f"barlow lambda must be >= 0; got {self.barlow_lambda}")
+        if self.center_weight < 0:
+            raise ConfigError(f"center-loss weight must be >= 0; got {self.center_weight}")
+        if not 0 < self.center_alpha <= 1:
+            raise ConfigError(f"center update rate alpha must be in (0, 1]; "
+                              f"got {self.center_alpha}")
+        if self.probe not in PROBES:
+            raise ConfigError(f"unknown probe {self.probe!r}; choose one of: {', '.join(PROBES)}")
 
 
 def library_versions():
@@ -137,12 +203,20 @@ def library_versions():
             "numpy": np.__version__, "backend": keras.backend.backend()}
 
 
-def contrastive_loss(config):
+def pretraining_loss(config):
+    """The Keras loss of a pre-training run (``config.loss`` in PRETRAIN_LOSSES)."""
     if config.loss == "supcon":
         return SupConLoss(temperature=config.temperature, variant=config.variant)
     if config.loss == "simclr":
         return SimCLRLoss(temperature=config.temperature)
-    return NPairsLoss(temperature=config.temperature)
+    if config.loss == "npairs":
+        return NPairsLoss(temperature=config.temperature)
+    if config.loss == "triplet":
+        return TripletLoss(margin=config.margin, mining=config.mining,
+                           squared=config.squared_distance, seed=config.seed)
+    if config.loss == "barlow":
+        return BarlowTwinsLoss(lambda_=config.barlow_lambda)
+    raise ConfigError(f"{config.loss} is not a pre-training loss")
 
 
 def _steps(num_examples, batch_size, drop_remainder):
@@ -154,7 +228,8 @@ def _fit(model, loss, metrics, train_ds, val_ds, *, run, stage, epochs, steps, l
     model.compile(
         optimizer=make_optimizer(config.optimizer, lr, total_steps=epochs * steps,
                                  weight_decay=config.weight_decay,
-                                 warmup_fraction=config.warmup_fraction),
+                                 warmup_fraction=config.warmup_fraction,
+                                 clipnorm=config.clipnorm),
         loss=loss,
         metrics=metrics,
     )
@@ -174,23 +249,49 @@ def _pretrain(config, data, run, encoder):
     val_batch = min(config.batch_size, n_val)
     val_ds = (contrastive_batches(data.val, config.image_size, val_batch, shuffle=False,
                                   num_examples=n_val, **kw) if val_batch >= 2 else None)
-    head = build_projection_head(encoder.output_shape[-1], config.head_hidden,
-                                 config.projection_dim)
+    features = encoder.output_shape[-1]
+    if config.loss == "barlow":
+        head = build_barlow_projector(features, config.head_hidden, config.projection_dim)
+    else:
+        head = build_projection_head(features, config.head_hidden, config.projection_dim)
     model = build_contrastive_model(encoder, head, views=config.views)
-    _fit(model, contrastive_loss(config), None, train_ds, val_ds, run=run, stage="pretrain",
+    _fit(model, pretraining_loss(config), None, train_ds, val_ds, run=run, stage="pretrain",
          epochs=config.epochs, steps=_steps(n_train, config.batch_size, True), lr=config.lr,
          monitor="val_loss" if val_ds is not None else "loss", mode="min", config=config)
 
 
+def center_loss_model(classifier, num_classes, weight, alpha):
+    """``classifier`` (from :func:`build_classifier`) with a :class:`CenterLoss` on its
+    encoder features: ``(images, labels) -> probabilities``, for ``model.fit`` on
+    ``((images, labels), labels)``. It shares every layer with ``classifier``."""
+    images = keras.Input(classifier.input_shape[1:], name="images")
+    labels = keras.Input((), dtype="int32", name="labels")
+    layers = classifier.layers[1:]  # encoder, [hidden], [dropout], probabilities
+    x = layers[0](images)
+    x = CenterLoss(num_classes, weight=weight, alpha=alpha, name="center_loss")([x, labels])
+    for layer in layers[1:]:
+        x = layer(x)
+    return keras.Model([images, labels], x, name="center_loss_classifier")
+
+
+def _labels_as_input(ds):
+    return ds.map(lambda x, y: ((x, tf.cast(y, tf.int32)), y))
+
+
 def train_classifier(config, data, run, classifier, stage, epochs, lr, extra_callbacks=()):
-    """Cross-entropy training of ``classifier`` as stage ``stage`` of ``run`` (augmented
-    train split, best validation-accuracy epoch kept; settings from ``config``)."""
+    """Cross-entropy training of ``classifier`` as stage ``stage`` of ``run`` (train split
+    augmented unless ``config.augment`` is off, best validation-accuracy epoch kept;
+    settings from ``config``; ``config.loss == "center"`` adds the center loss)."""
     n_train = data.sizes["train"]
-    train_ds = supervised_batches(data.train, config.image_size, config.batch_size, augment=True,
-                                  shuffle=True, seed=config.seed, cache=config.cache,
-                                  num_examples=n_train)
+    train_ds = supervised_batches(data.train, config.image_size, config.batch_size,
+                                  augment=config.augment, shuffle=True, seed=config.seed,
+                                  cache=config.cache, num_examples=n_train)
     val_ds = supervised_batches(data.val, config.image_size, config.batch_size,
                                 cache=config.cache)
+    if config.loss == "center" and stage == "ce":
+        classifier = center_loss_model(classifier, data.num_classes, config.center_weight,
+                                       config.center_alpha)
+        train_ds, val_ds = _labels_as_input(train_ds), _labels_as_input(val_ds)
     _fit(classifier, "sparse_categorical_crossentropy", ["accuracy"], train_ds, val_ds, run=run,
          stage=stage, epochs=epochs, steps=_steps(n_train, config.batch_size, False), lr=lr,
          monitor="val_accuracy", mode="max", config=config, extra_callbacks=extra_callbacks)
@@ -221,7 +322,7 @@ def train(config=None, *, resume=False, overwrite=False, **settings):
     data = load_dataset(config.dataset, data_dir=config.data_dir,
                         val_fraction=config.val_fraction, seed=config.seed)
     log.info("data %s", data.describe())
-    if config.loss != "ce":
+    if config.loss in PRETRAIN_LOSSES:
         check_contrastive_batch_size(config.batch_size, data.sizes["train"])
     if not resume:
         run.write_json(CONFIG_FILE, {"settings": asdict(config), "versions": library_versions()})
@@ -232,10 +333,11 @@ def train(config=None, *, resume=False, overwrite=False, **settings):
                                             else "float32")
 
     classifier = None
+    end_to_end = config.loss in END_TO_END_LOSSES
     if run.stage_done("linear") or run.stage_done("ce"):
         classifier = keras.models.load_model(run.file("classifier.keras"))
         encoder = classifier.get_layer(f"encoder_{config.backbone}")
-    elif config.loss == "ce":
+    elif end_to_end:
         encoder = build_encoder(config.backbone, config.image_size, config.weights)
     elif run.stage_done("pretrain"):
         encoder = keras.models.load_model(run.file("encoder.keras"))
@@ -246,17 +348,14 @@ def train(config=None, *, resume=False, overwrite=False, **settings):
         run.mark_stage_done("pretrain")
 
     if classifier is None:
-        stage = "ce" if config.loss == "ce" else "linear"
-        if stage == "linear":
-            freeze(encoder)
-        classifier = build_classifier(encoder, data.num_classes)
-        train_classifier(config, data, run, classifier, stage,
-                          config.epochs if stage == "ce" else config.linear_epochs,
-                          config.lr if stage == "ce" else config.linear_lr)
-        if stage == "ce":  # a frozen encoder was saved when pre-training ended
-            run.save_model(encoder, "encoder.keras")
-        run.save_model(classifier, "classifier.keras")
-        run.mark_stage_done(stage)
+        if end_to_end:
+            classifier = build_classifier(encoder, data.num_classes, l2=config.l2)
+            train_classifier(config, data, run, classifier, "ce", config.epochs, config.lr)
+            run.save_model(encoder, "encoder.keras")  # (a pre-trained encoder was saved above)
+            run.save_model(classifier, "classifier.keras")
+            run.mark_stage_done("ce")
+        else:
+            classifier = _train_probe(config, data, run, encoder)
 
     metrics = evaluate_run(config, data, run, classifier, encoder)
     metrics["wall_time_s"] = round(time.time() - started, 1)
@@ -264,6 +363,63 @@ def train(config=None, *, resume=False, overwrite=False, **settings):
     run.write_json("metrics.json", metrics)
     run.mark_finished()
     return metrics
+
+
+def _train_probe(config, data, run, encoder):
+    """Stage ``linear``: the ``config.probe`` classifier on the frozen ``encoder``."""
+    freeze(encoder)
+    classifier = build_classifier(encoder, data.num_classes, l2=config.l2,
+                                  hidden=config.probe_hidden if config.probe == "nn" else None)
+    train_classifier(config, data, run, classifier, "linear", config.linear_epochs,
+                     config.linear_lr)
+    run.save_model(classifier, "classifier.keras")
+    run.mark_stage_done("linear")
+    return classifier
+
+
+def fine_tune_linear(encoder, data="digits", *, out=None, overwrite=False, **settings):
+    """A linear softmax classifier on the frozen pre-trained ``encoder``.
+
+    ``encoder``: a Keras model (or ``.keras`` file) mapping raw images ``[B, S, S, 3]``
+    in [0, 255] to features, e.g. a run's ``encoder.keras``. ``data``: a
+    :class:`~keras_supcon.data.DataSplits` or a ``--dataset`` string. ``settings``:
+    :class:`TrainConfig` fields (``linear_epochs``, ``linear_lr``, ``batch_size``,
+    ``l2``, ``early_stopping``, ...). Trains into run directory ``out`` (default: a
+    new folder under ``runs/``) and returns ``(classifier, test metrics)``.
+    """
+    return _fine_tune(encoder, data, "linear", out, overwrite, settings)
+
+
+def fine_tune_nn(encoder, data="digits", *, hidden=512, out=None, overwrite=False, **settings):
+    """:func:`fine_tune_linear` with one hidden ReLU layer of width ``hidden`` (an MLP probe)."""
+    return _fine_tune(encoder, data, "nn", out, overwrite, dict(settings, probe_hidden=hidden))
+
+
+def _fine_tune(encoder, data, probe, out, overwrite, settings):
+    if not isinstance(encoder, keras.Model):
+        encoder = keras.models.load_model(encoder)
+    size = encoder.input_shape[1]
+    if len(encoder.input_shape) != 4 or encoder.input_shape[-1] != 3 or size is None:
+        raise ConfigError(f"the encoder must take images [B, S, S, 3]; it takes "
+                          f"{encoder.input_shape}")
+    config = TrainConfig(**{**settings, "loss": "supcon", "probe": probe, "image_size": None})
+    config.out = out or str(Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-fine-tune-{probe}")
+    config.validate()
+    config.image_size = int(size)  # the encoder's, whatever its backbone
+    if not isinstance(data, DataSplits):
+        data = load_dataset(data, data_dir=config.data_dir, val_fraction=config.val_fraction,
+                            seed=config.seed)
+    run = RunDir.prepare(config.out, overwrite=overwrite)
+    run.write_json(CONFIG_FILE, {"settings": asdict(config), "versions": library_versions()})
+    run.init_state()
+    keras.utils.set_random_seed(config.seed)
+    classifier = _train_probe(config, data, run, encoder)
+    probs, labels = predict(classifier, supervised_batches(data.test, config.image_size, 256))
+    metrics = classification_metrics(labels, probs, data.class_names)
+    metrics.update(dataset=data.name, probe=probe, run_dir=str(run.path))
+    run.write_json("metrics.json", metrics)
+    run.mark_finished()
+    return classifier, metrics
 
 
 def evaluate_run(config, data, run, classifier, encoder):

@@ -1,0 +1,170 @@
+"""Triplet loss with batch-hard, batch-all and random triplet mining.
+
+Embeddings ``[B, D]`` or ``[B, V, D]`` are flattened into ``N = B * V``
+anchors (each carrying its image's label) and L2-normalised. With ``d`` the
+Euclidean distance (or its square, ``squared=True``), ``P(a)`` the other
+anchors with the label of ``a`` and ``Q(a)`` the anchors with another label,
+a triplet ``(a, p, n)``, ``p in P(a)``, ``n in Q(a)``, costs::
+
+    l(a, p, n) = max(d(a, p) - d(a, n) + margin, 0)
+
+- ``mining="hard"`` (batch-hard, Hermans et al. 2017): per anchor, the
+  farthest positive and the nearest negative,
+  ``L_a = max(max_{p in P(a)} d(a, p) - min_{n in Q(a)} d(a, n) + margin, 0)``;
+  the loss is the mean of ``L_a`` over anchors with ``P(a)`` and ``Q(a)`` non-empty.
+- ``mining="all"`` (batch-all): the mean of ``l(a, p, n)`` over all valid
+  triplets with ``l > 0`` (0 if there are none). Builds an ``[N, N, N]`` tensor.
+- ``mining="random"``: per anchor one ``p`` and one ``n`` drawn uniformly from
+  ``P(a)`` and ``Q(a)`` (see :func:`random_triplets`); mean of ``l`` over the
+  anchors with ``P(a)`` and ``Q(a)`` non-empty.
+
+Anchors without a positive or a negative are left out; with none left the
+loss is 0 (all labels distinct with one view, or a single class).
+"""
+
+import keras
+from keras import ops
+
+from keras_supcon.losses.similarity import flatten_views, l2_normalize
+
+MINING = ("hard", "all", "random")
+
+
+def check_margin(margin):
+    if not float(margin) >= 0:
+        raise ValueError(f"margin must be >= 0; got {margin}.")
+    return float(margin)
+
+
+def check_mining(mining):
+    if mining not in MINING:
+        raise ValueError(f"mining must be one of {MINING}; got {mining!r}.")
+    return mining
+
+
+def pairwise_distances(z, squared=False):
+    """``[N, N]`` Euclidean distances between the rows of ``z`` (squared if asked).
+
+    The square root is taken of ``1e-16`` where the squared distance is 0 and
+    the result zeroed there, so the gradient stays finite (0) at coincident points.
+    """
+    dot = ops.matmul(z, ops.transpose(z))
+    sq = ops.diagonal(dot)
+    d2 = ops.maximum(ops.expand_dims(sq, 1) - 2.0 * dot + ops.expand_dims(sq, 0), 0.0)
+    if squared:
+        return d2
+    zero = ops.cast(ops.equal(d2, 0.0), d2.dtype)
+    return ops.sqrt(d2 + zero * 1e-16) * (1.0 - zero)
+
+
+def triplet_masks(labels):
+    """``[N]`` labels -> boolean ``[N, N]`` masks ``(positive, negative)``:
+    ``positive[a, p]`` = same label and ``a != p``; ``negative[a, n]`` = other label."""
+    labels = ops.reshape(labels, (-1,))
+    same = ops.equal(ops.expand_dims(labels, 1), ops.expand_dims(labels, 0))
+    not_self = ops.logical_not(ops.cast(ops.eye(ops.shape(labels)[0]), "bool"))
+    return ops.logical_and(same, not_self), ops.logical_not(same)
+
+
+def _draw(mask, r):
+    """Per row, the ``(r mod count)``-th True column of ``mask`` (``n`` if none)."""
+    mask = ops.cast(mask, "int32")
+    count = ops.sum(mask, axis=1)
+    k = r % ops.maximum(count, 1)
+    return ops.sum(ops.cast(ops.cumsum(mask, axis=1) <= ops.expand_dims(k, 1), "int32"), axis=1)
+
+
+def random_triplets(labels, seed=None):
+    """One uniformly drawn positive and negative per anchor.
+
+    Args:
+        labels: ``[N]`` anchor labels (repeat image labels per view beforehand).
+        seed: an int (the same int gives the same draw), a
+            ``keras.random.SeedGenerator`` (a new draw per call) or ``None``.
+
+    Returns:
+        ``(positive, negative, valid)``: ``[N]`` int32 indices with
+        ``labels[positive[a]] == labels[a]``, ``positive[a] != a`` and
+        ``labels[negative[a]] != labels[a]`` wherever ``valid[a]`` (``[N]`` bool:
+        ``a`` has a positive and a negative); elsewhere both indices are ``a``.
+    """
+    labels = ops.reshape(ops.convert_to_tensor(labels), (-1,))
+    n = ops.shape(labels)[0]
+    positive, negative = triplet_masks(labels)
+    valid = ops.logical_and(ops.any(positive, axis=1), ops.any(negative, axis=1))
+    # Uniform ints mod the candidate count: the bias is below count / 2**30.
+    r = keras.random.randint((2, n), 0, 2**30, seed=seed)
+    self_index = ops.arange(n, dtype="int32")
+    pos = ops.where(valid, _draw(positive, r[0]), self_index)
+    neg = ops.where(valid, _draw(negative, r[1]), self_index)
+    return pos, neg, valid
+
+
+def triplet_loss(labels, embeddings, *, margin=0.2, mining="hard", squared=False, seed=None):
+    """Triplet loss of a batch.
+
+    Args:
+        labels: ``[B]`` class labels.
+        embeddings: ``[B, D]`` or ``[B, V, D]`` (views become anchors with the
+            label of their image). L2-normalised inside.
+        margin: the hinge margin, ``>= 0``.
+        mining: ``"hard"``, ``"all"`` or ``"random"`` (see the module docstring).
+        squared: use squared Euclidean distances.
+        seed: for ``mining="random"``: an int, a ``keras.random.SeedGenerator``
+            or ``None`` (see :func:`random_triplets`).
+
+    Returns:
+        A scalar (0 when no anchor has both a positive and a negative).
+    """
+    margin = check_margin(margin)
+    check_mining(mining)
+    z, labels, _ = flatten_views(embeddings, labels)
+    d = pairwise_distances(l2_normalize(z), squared)
+    positive, negative = triplet_masks(labels)
+
+    if mining == "all":
+        valid = ops.logical_and(ops.expand_dims(positive, 2), ops.expand_dims(negative, 1))
+        hinge = ops.relu(ops.expand_dims(d, 2) - ops.expand_dims(d, 1) + margin)  # [a, p, n]
+        hinge = ops.where(valid, hinge, 0.0)
+        return ops.sum(hinge) / ops.maximum(ops.sum(ops.cast(hinge > 0, d.dtype)), 1.0)
+
+    if mining == "hard":
+        valid = ops.logical_and(ops.any(positive, axis=1), ops.any(negative, axis=1))
+        # Fill values that can never win (distances are >= 0), so no ties with them.
+        d_ap = ops.max(ops.where(positive, d, -1.0), axis=1)
+        d_an = ops.min(ops.where(negative, d, ops.stop_gradient(ops.max(d)) + 1.0), axis=1)
+    else:
+        pos, neg, valid = random_triplets(labels, seed)
+        d_ap = ops.take_along_axis(d, ops.expand_dims(pos, 1), axis=1)[:, 0]
+        d_an = ops.take_along_axis(d, ops.expand_dims(neg, 1), axis=1)[:, 0]
+    hinge = ops.where(valid, ops.relu(d_ap - d_an + margin), 0.0)
+    return ops.sum(hinge) / ops.maximum(ops.sum(ops.cast(valid, d.dtype)), 1.0)
+
+
+@keras.saving.register_keras_serializable(package="keras_supcon")
+class TripletLoss(keras.losses.Loss):
+    """:func:`triplet_loss` as a Keras loss: ``y_true`` the ``[B]`` labels,
+    ``y_pred`` the ``[B, D]`` or ``[B, V, D]`` embeddings.
+
+    For ``mining="random"`` the loss holds a ``keras.random.SeedGenerator``
+    seeded with ``seed`` (an int or ``None``), so every call draws new triplets.
+    """
+
+    def __init__(self, margin=0.2, mining="hard", squared=False, seed=None,
+                 name="triplet_loss", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.margin = check_margin(margin)
+        self.mining = check_mining(mining)
+        self.squared = bool(squared)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed) if mining == "random" else None
+
+    def call(self, y_true, y_pred):
+        return triplet_loss(y_true, y_pred, margin=self.margin, mining=self.mining,
+                            squared=self.squared, seed=self.seed_generator)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(margin=self.margin, mining=self.mining, squared=self.squared,
+                      seed=self.seed)
+        return config
