@@ -6,6 +6,9 @@ Public API::
     from keras_supcon import TrainConfig, run_training   # the whole CLI job as one call
     from keras_supcon import PruneConfig, prune_run      # python -m keras_supcon.prune
     from keras_supcon import run_ablation                # python -m keras_supcon.ablation
+    from keras_supcon.training import fine_tune_linear, fine_tune_nn  # probes on any encoder
+    from keras_supcon.training import run_pseudo_labelling  # python -m keras_supcon.pseudo_label
+    from keras_supcon.training import train_layerwise       # python -m keras_supcon.layerwise
     from keras_supcon.compression import prune_classifier, to_tf_keras
 """
 

@@ -216,3 +216,39 @@ def test_center_loss_without_labels_is_refused():
     features = np.zeros((4, 3), "float32")
     with pytest.raises(ValueError, match="center loss needs the class labels"):
         CenterLoss(2)(features)
+
+
+def test_readme_method_commands_parse_and_validate():
+    import shlex
+    from pathlib import Path
+
+    from keras_supcon.layerwise import build_parser as layerwise_parser
+    from keras_supcon.pseudo_label import STUDY
+    from keras_supcon.training import LayerwiseConfig
+    from keras_supcon.pseudo_label import build_parser as pseudo_parser
+    from keras_supcon.train import build_parser as train_parser
+    from keras_supcon.training.pseudo import check_pseudo_settings
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Other methods")[1].split("\n## ")[0]
+    commands = [shlex.split(line.split("#")[0]) for line in section.splitlines()
+                if line.startswith("python -m keras_supcon.")]
+    seen = set()
+    for command in commands:
+        tool, argv = command[2], command[3:]
+        seen.add(tool)
+        if tool == "keras_supcon.train":
+            args = vars(train_parser().parse_args(argv))
+            for k in ("resume", "overwrite"):
+                args.pop(k)
+            TrainConfig(**args).validate()
+        elif tool == "keras_supcon.pseudo_label":
+            args = vars(pseudo_parser().parse_args(argv))
+            study = {k: args.pop(k) for k in STUDY}
+            parse_ratios(study.pop("ratios"))
+            check_pseudo_settings(**study)
+        elif tool == "keras_supcon.layerwise":
+            args = vars(layerwise_parser().parse_args(argv))
+            LayerwiseConfig(**{k: v for k, v in args.items()
+                               if k not in ("config", "resume", "overwrite")}).validate()
+    assert {"keras_supcon.train", "keras_supcon.pseudo_label", "keras_supcon.layerwise"} <= seen
