@@ -257,7 +257,7 @@ def test_report_errors_name_the_offending_item(ablation, tmp_path):
 
 @pytest.mark.parametrize("backbones,losses,grid,message", [
     ("small_resnet,vgg", "ce", None, "--backbones: unknown name 'vgg'"),
-    ("small_resnet", "ce,triplet", None, "--losses: unknown name 'triplet'"),
+    ("small_resnet", "ce,arcface", None, "--losses: unknown name 'arcface'"),
     ("", "ce", None, "--backbones is empty"),
     ("small_resnet", " , ", None, "--losses is empty"),
     ("small_resnet,small_resnet", "ce", None, "small_resnet given more than once"),
@@ -288,8 +288,10 @@ def test_grid_names_runs_and_types_values():
 def test_cli_errors_are_one_line(tmp_path, capsys):
     assert ablation_main(["--backbones", "resnet50,nope", "--out", str(tmp_path / "a")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["error: --backbones: unknown name 'nope'; choose from: small_resnet, "
-                   "resnet50, densenet169, densenet201, inceptionv3, inceptionresnetv2"]
+    from keras_supcon.models import BACKBONES
+
+    assert err == [f"error: --backbones: unknown name 'nope'; choose from: {', '.join(BACKBONES)}"]
+    assert "resnet18_cifar, vgg16bn" in err[0]
     config = tmp_path / "c.toml"
     config.write_text('backbones = ["small_resnet"]\nbatchsize = 3\n')
     with pytest.raises(SystemExit) as exc:
@@ -309,14 +311,35 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 def test_experiment_configs_are_valid(config):
     from keras_supcon.ablation import parse_args
 
+    text = config.read_text()
+    if "python -m keras_supcon.pseudo_label --config" in text:
+        return _check_pseudo_label_config(config)
     out, backbones, losses, grid, settings = parse_args(["--config", str(config)])
     name, title = settings.pop("name"), settings.pop("title")
     combos, configs = plan(backbones, losses, grid, settings, out)
     assert out.startswith("runs/") and title and name and combos
-    text = config.read_text()
     assert f"python -m keras_supcon.ablation --config experiments/{config.name}" in text
     if "cpu" in config.name:
         assert all(c.dataset == "../shared/data/cifar10_subset.npz" for c in configs)
+
+
+def _check_pseudo_label_config(config):
+    from keras_supcon.cli import apply_config_file
+    from keras_supcon.pseudo_label import STUDY, build_parser
+    from keras_supcon.training.pseudo import check_pseudo_settings, parse_ratios
+    from keras_supcon.training.run import TrainConfig
+
+    parser = build_parser()
+    apply_config_file(parser, ["--config", str(config)])
+    args = vars(parser.parse_args(["--config", str(config)]))
+    study = {k: args.pop(k) for k in STUDY}
+    parse_ratios(study.pop("ratios"))
+    check_pseudo_settings(**study)
+    for k in ("config", "resume", "overwrite"):
+        args.pop(k)
+    settings = TrainConfig(**args).validate()
+    assert settings.out.startswith("runs/") and settings.loss == "ce"
+    assert settings.dataset == "../shared/data/cifar10_subset.npz"
 
 
 def test_readme_ablation_commands_parse_and_plan():
