@@ -24,3 +24,10 @@ class OfflineError(KerasSupconError, RuntimeError):
 
 class RunDirError(KerasSupconError):
     """A run directory cannot be used as asked (finished run, no checkpoint, ...)."""
+
+
+def check_choice(value, choices, what):
+    """``value`` if it is one of ``choices``, else a :class:`ConfigError` naming them."""
+    if value not in choices:
+        raise ConfigError(f"unknown {what} {value!r}; choose one of: {', '.join(choices)}")
+    return value

@@ -58,7 +58,7 @@ from keras_supcon.compression.sensitivity import (
 )
 from keras_supcon.data import load_dataset, supervised_batches
 from keras_supcon.evaluation.tables import markdown_table
-from keras_supcon.errors import ConfigError, RunDirError
+from keras_supcon.errors import ConfigError, RunDirError, check_choice
 from keras_supcon.evaluation import classification_metrics, predict
 from keras_supcon.training.rundir import CONFIG_FILE, RunDir
 from keras_supcon.training.run import TrainConfig
@@ -109,12 +109,8 @@ class PruneConfig:
         self.sparsity = tuple(check_sparsity(s) for s in self.sparsity)
         if not self.sparsity:
             raise ConfigError("give at least one sparsity")
-        if self.method not in METHODS:
-            raise ConfigError(f"unknown method {self.method!r}; choose one of: "
-                              f"{', '.join(METHODS)}")
-        if self.schedule not in SCHEDULES:
-            raise ConfigError(f"unknown schedule {self.schedule!r}; choose one of: "
-                              f"{', '.join(SCHEDULES)}")
+        check_choice(self.method, METHODS, "method")
+        check_choice(self.schedule, SCHEDULES, "schedule")
         m_by_n = parse_m_by_n(self.m_by_n)
         if m_by_n:
             if self.method != "magnitude":

@@ -45,7 +45,7 @@ import numpy as np
 
 from keras_supcon.data import load_dataset
 from keras_supcon.data.pipeline import resize_images
-from keras_supcon.errors import ConfigError
+from keras_supcon.errors import ConfigError, check_choice
 from keras_supcon.evaluation import (
     classification_metrics,
     plot_confusion,
@@ -55,7 +55,7 @@ from keras_supcon.evaluation import (
 from keras_supcon.training.callbacks import read_history, stage_callbacks
 from keras_supcon.training.optim import OPTIMIZERS, make_optimizer
 from keras_supcon.training.run import library_versions
-from keras_supcon.training.rundir import CONFIG_FILE, RunDir
+from keras_supcon.training.rundir import CONFIG_FILE, open_run
 
 log = logging.getLogger(__name__)
 
@@ -133,12 +133,8 @@ class LayerwiseConfig:
             self.image_size = DEFAULT_IMAGE_SIZE
         if not _is_int(self.image_size) or self.image_size < 1:
             raise ConfigError(f"image size must be a positive integer; got {self.image_size}")
-        if self.activation not in ACTIVATIONS:
-            raise ConfigError(f"unknown activation {self.activation!r}; "
-                              f"choose one of: {', '.join(ACTIVATIONS)}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"unknown optimizer {self.optimizer!r}; "
-                              f"choose one of: {', '.join(OPTIMIZERS)}")
+        check_choice(self.activation, ACTIVATIONS, "activation")
+        check_choice(self.optimizer, OPTIMIZERS, "optimizer")
         for name in ("epochs", "pretrain_epochs", "batch_size"):
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
@@ -336,18 +332,7 @@ def train_layerwise(config=None, *, resume=False, overwrite=False, **settings):
     if unknown:
         raise ConfigError(f"unknown setting(s) {', '.join(unknown)}")
     config = dataclasses.replace(config or LayerwiseConfig(), **settings)
-    if resume:
-        if config.out is None:
-            raise ConfigError("--resume needs --out RUN_DIR")
-        run = RunDir.prepare(config.out, resume=True)
-        config = LayerwiseConfig.from_dict(run.read_json(CONFIG_FILE)["settings"])
-        config.out = str(run.path)  # the folder may have moved since
-        config.validate()
-        log.info("resuming %s (completed stages: %s)", run.path,
-                 ", ".join(run.state()["completed"]) or "none")
-    else:
-        config.validate()
-        run = RunDir.prepare(config.out, overwrite=overwrite)
+    config, run = open_run(config, resume=resume, overwrite=overwrite)
 
     started = time.time()
     # Data errors surface before a new run writes anything.

@@ -29,7 +29,7 @@ import tensorflow as tf
 from keras_supcon.compression.export import check_saved_model, export_saved_model
 from keras_supcon.data import DataSplits, contrastive_batches, load_dataset, supervised_batches
 from keras_supcon.data.pipeline import check_contrastive_batch_size
-from keras_supcon.errors import ConfigError
+from keras_supcon.errors import ConfigError, check_choice
 from keras_supcon.evaluation import (
     classification_metrics,
     embedding_metrics,
@@ -60,7 +60,7 @@ from keras_supcon.models import (
 from keras_supcon.models.backbones import normalize_weights, resolve_image_size
 from keras_supcon.training.callbacks import read_history, stage_callbacks
 from keras_supcon.training.optim import OPTIMIZERS, make_optimizer
-from keras_supcon.training.rundir import CONFIG_FILE, RunDir
+from keras_supcon.training.rundir import CONFIG_FILE, RunDir, open_run
 
 log = logging.getLogger(__name__)
 
@@ -136,17 +136,14 @@ class TrainConfig:
         spec = get_backbone(self.backbone)
         self.image_size = resolve_image_size(spec, self.image_size)
         normalize_weights(self.weights)
-        if self.loss not in LOSSES:
-            raise ConfigError(f"unknown loss {self.loss!r}; choose one of: {', '.join(LOSSES)}")
+        check_choice(self.loss, LOSSES, "loss")
         if self.temperature is None and self.loss in DEFAULT_TEMPERATURE:
             self.temperature = DEFAULT_TEMPERATURE[self.loss]
         if self.temperature is not None and not self.temperature > 0:
             raise ConfigError(f"temperature must be > 0; got {self.temperature}")
         if self.variant not in ("out", "in"):
             raise ConfigError(f"variant must be 'out' or 'in'; got {self.variant!r}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"unknown optimizer {self.optimizer!r}; "
-                              f"choose one of: {', '.join(OPTIMIZERS)}")
+        check_choice(self.optimizer, OPTIMIZERS, "optimizer")
         self._validate_loss_settings()
         if self.loss in PRETRAIN_LOSSES:
             check_contrastive_batch_size(self.batch_size)
@@ -176,9 +173,7 @@ class TrainConfig:
         return self
 
     def _validate_loss_settings(self):
-        if self.mining not in MINING:
-            raise ConfigError(f"unknown triplet mining {self.mining!r}; "
-                              f"choose one of: {', '.join(MINING)}")
+        check_choice(self.mining, MINING, "triplet mining")
         if self.margin < 0:
             raise ConfigError(f"triplet margin must be >= 0; got {self.margin}")
         if self.barlow_lambda < 0:
@@ -188,8 +183,7 @@ class TrainConfig:
         if not 0 < self.center_alpha <= 1:
             raise ConfigError(f"center update rate alpha must be in (0, 1]; "
                               f"got {self.center_alpha}")
-        if self.probe not in PROBES:
-            raise ConfigError(f"unknown probe {self.probe!r}; choose one of: {', '.join(PROBES)}")
+        check_choice(self.probe, PROBES, "probe")
 
 
 def library_versions():
@@ -304,18 +298,7 @@ def train(config=None, *, resume=False, overwrite=False, **settings):
     ``resume=True`` continues the run in ``config.out`` with its saved settings.
     """
     config = dataclasses.replace(config or TrainConfig(), **settings)
-    if resume:
-        if config.out is None:
-            raise ConfigError("--resume needs --out RUN_DIR")
-        run = RunDir.prepare(config.out, resume=True)
-        config = TrainConfig.from_dict(run.read_json(CONFIG_FILE)["settings"])
-        config.out = str(run.path)  # the folder may have moved since
-        config.validate()
-        log.info("resuming %s (completed stages: %s)", run.path,
-                 ", ".join(run.state()["completed"]) or "none")
-    else:
-        config.validate()
-        run = RunDir.prepare(config.out, overwrite=overwrite)
+    config, run = open_run(config, resume=resume, overwrite=overwrite)
 
     started = time.time()
     # Data errors surface before a new run writes anything.

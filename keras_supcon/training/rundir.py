@@ -8,15 +8,40 @@ stage in progress live in ``checkpoints/<stage>/`` until that stage finishes.
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
-from keras_supcon.errors import RunDirError
+from keras_supcon.errors import ConfigError, RunDirError
+
+log = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"
 CONFIG_FILE = "config.json"
+
+
+def open_run(config, *, resume=False, overwrite=False):
+    """``(config, run)`` of a job: a new run directory ``config.out``, or (``resume``)
+    the interrupted run there with its saved settings (``config.json``) restored.
+
+    ``config`` is a settings dataclass with ``validate()`` and ``from_dict()``;
+    it is validated before anything is written.
+    """
+    if resume:
+        if config.out is None:
+            raise ConfigError("--resume needs --out RUN_DIR")
+        run = RunDir.prepare(config.out, resume=True)
+        config = type(config).from_dict(run.read_json(CONFIG_FILE)["settings"])
+        config.out = str(run.path)  # the folder may have moved since
+        config.validate()
+        log.info("resuming %s (completed stages: %s)", run.path,
+                 ", ".join(run.state()["completed"]) or "none")
+    else:
+        config.validate()
+        run = RunDir.prepare(config.out, overwrite=overwrite)
+    return config, run
 
 
 class RunDir:
