@@ -163,7 +163,8 @@ def _brute_force(train_emb, train_y, test_emb, test_y, k):
         nearest = np.argsort(d, kind="stable")[:k]
         counts = np.bincount(train_y[nearest], minlength=10)
         tied = np.flatnonzero(counts == counts.max())
-        closeness = [(-d[nearest][train_y[nearest] == c]).sum() for c in tied]
+        # the closer class: larger summed cosine similarity, 1 - d^2 / 2 for unit vectors
+        closeness = [(1 - d[nearest][train_y[nearest] == c] ** 2 / 2).sum() for c in tied]
         knn_correct += tied[int(np.argmax(closeness))] == y
     p1, r8, aps = 0, 0, []
     for i, (q, y) in enumerate(zip(test_emb, test_y)):
