@@ -41,6 +41,7 @@ def add_training_arguments(p, *, single_run=True):
     """
     from keras_supcon.models.backbones import BACKBONES
     from keras_supcon.losses.triplet import MINING
+    from keras_supcon.training.distribute import STRATEGIES
     from keras_supcon.training.run import LOSSES, PROBES, TrainConfig
 
     d = TrainConfig()
@@ -115,6 +116,10 @@ def add_training_arguments(p, *, single_run=True):
                             "improvement (the best epoch is always kept)")
     train.add_argument("--seed", type=int, default=d.seed)
     train.add_argument("--mixed-precision", action="store_true")
+    train.add_argument("--strategy", default=d.strategy, choices=STRATEGIES,
+                       help="several devices: mirrored (all GPUs here) or multiworker "
+                            "(machines in TF_CONFIG) on TensorFlow, data-parallel "
+                            "(keras.distribution) on JAX; --batch-size is the global batch")
     return p
 
 

@@ -12,10 +12,10 @@ cross-entropy of ``S[i]`` against target row ``i``::
 import keras
 from keras import ops
 
+from keras_supcon.losses.kernel import batch_softmax_loss
 from keras_supcon.losses.similarity import (
     as_float_tensor,
     check_temperature,
-    cosine_similarity,
     flatten_views,
     label_equality,
 )
@@ -37,6 +37,9 @@ class NPairsLoss(keras.losses.Loss):
 
     ``y_pred`` are ``[B, D]`` embeddings, or ``[B, V, D]`` (views are flattened
     into ``B * V`` anchors, each with its image's label); ``y_true`` the ``[B]`` labels.
+    Computed by the blocked kernel of :mod:`~keras_supcon.losses.kernel` (equal
+    to ``npairs_loss(labels, cosine_similarity(z, T))``, without the ``[B, B]``
+    matrices); on several ``tf.distribute`` replicas, over the global batch.
     """
 
     def __init__(self, temperature=0.05, name="npairs_loss", **kwargs):
@@ -45,7 +48,7 @@ class NPairsLoss(keras.losses.Loss):
 
     def call(self, y_true, y_pred):
         z, labels, _ = flatten_views(y_pred, y_true)
-        return npairs_loss(labels, cosine_similarity(z, self.temperature))
+        return batch_softmax_loss(z, labels, temperature=self.temperature, mode="npairs")
 
     def get_config(self):
         config = super().get_config()

@@ -17,17 +17,17 @@ without a positive is left out (the reference PyTorch implementation divides by
 zero there), so value and gradient stay finite for any labels. With no anchor
 having a positive the loss is 0. Without labels the positives of an anchor are
 the other views of its own image: the SimCLR / NT-Xent loss.
+
+The loss and its gradient come from the blocked kernel of
+:mod:`~keras_supcon.losses.kernel`; on several ``tf.distribute`` replicas the
+anchors are compared with the global batch (:mod:`~keras_supcon.losses.replicas`).
 """
 
 import keras
 from keras import ops
 
-from keras_supcon.losses.similarity import (
-    check_temperature,
-    cosine_similarity,
-    flatten_views,
-    label_equality,
-)
+from keras_supcon.losses.kernel import batch_softmax_loss
+from keras_supcon.losses.similarity import check_temperature, flatten_views
 
 VARIANTS = ("out", "in")
 
@@ -51,6 +51,7 @@ def supcon_loss(features, labels=None, *, temperature=0.1, variant="out"):
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}; got {variant!r}.")
     z, labels, views = flatten_views(features, labels)
+    ids_per = None
     if labels is None:
         if views < 2:
             raise ValueError(
@@ -59,35 +60,9 @@ def supcon_loss(features, labels=None, *, temperature=0.1, variant="out"):
             )
         num_images = ops.shape(z)[0] // views
         labels = ops.repeat(ops.arange(num_images), views)
-    dtype = z.dtype
-    n = ops.shape(z)[0]
-
-    logits = cosine_similarity(z, temperature)
-    not_self = 1.0 - ops.eye(n, dtype=dtype)
-    positives = label_equality(labels, dtype) * not_self
-    num_pos = ops.sum(positives, axis=1)
-
-    # log sum_{a != i} exp(s_ia), stabilised by the row maximum over a != i.
-    # The self term is pushed to -1e9 before exp (not multiplied by 0 after):
-    # exp(1/T - max) overflows at low temperatures and inf * 0 is NaN.
-    others = logits - 1e9 * (1.0 - not_self)
-    row_max = ops.stop_gradient(ops.max(others, axis=1, keepdims=True))
-    exp_logits = ops.exp(others - row_max)
-    log_denominator = ops.log(ops.sum(exp_logits, axis=1)) + ops.squeeze(row_max, 1)
-
-    safe_num_pos = ops.maximum(num_pos, 1.0)
-    if variant == "out":
-        mean_pos_logit = ops.sum(positives * logits, axis=1) / safe_num_pos
-        per_anchor = log_denominator - mean_pos_logit
-    else:
-        pos_sum = ops.sum(positives * exp_logits, axis=1)
-        # Rows without positives get log(1) instead of log(0); they are masked below.
-        pos_sum = pos_sum + ops.cast(ops.equal(num_pos, 0.0), dtype)
-        log_mean_pos = ops.log(pos_sum) + ops.squeeze(row_max, 1) - ops.log(safe_num_pos)
-        per_anchor = log_denominator - log_mean_pos
-
-    has_pos = ops.cast(num_pos > 0, dtype)
-    return ops.sum(per_anchor * has_pos) / ops.maximum(ops.sum(has_pos), 1.0)
+        ids_per = views
+    return batch_softmax_loss(z, labels, temperature=temperature, mode=f"supcon_{variant}",
+                              ids_per=ids_per)
 
 
 @keras.saving.register_keras_serializable(package="keras_supcon")

@@ -246,6 +246,9 @@ def run_pseudo_labelling(config=None, *, labelled=None, ratios=RATIOS, threshold
         name = Path(str(config.dataset)).stem or "data"
         config.out = str(Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-pseudo-{name}")
     config.validate()
+    if config.strategy != "none":
+        raise ConfigError("pseudo-labelling runs on one device; --strategy is for "
+                          "keras_supcon.train")
     ratios = study["ratios"]
     data = load_dataset(config.dataset, data_dir=config.data_dir,
                         val_fraction=config.val_fraction, seed=config.seed)

@@ -59,6 +59,11 @@ from keras_supcon.models import (
 )
 from keras_supcon.models.backbones import normalize_weights, resolve_image_size
 from keras_supcon.training.callbacks import read_history, stage_callbacks
+from keras_supcon.training.distribute import (
+    check_global_batch,
+    check_strategy,
+    distribution_scope,
+)
 from keras_supcon.training.optim import OPTIMIZERS, make_optimizer
 from keras_supcon.training.rundir import CONFIG_FILE, RunDir, open_run
 
@@ -122,6 +127,7 @@ class TrainConfig:
     val_fraction: float = 0.1
     seed: int = 0
     mixed_precision: bool = False
+    strategy: str = "none"  # none | mirrored | multiworker (TensorFlow) | data-parallel (JAX)
     cache: bool = False
     out: str = None
     verbose: str = "auto"  # Keras fit verbosity: "auto" (progress bar), 0, 1 or 2
@@ -144,6 +150,7 @@ class TrainConfig:
         if self.variant not in ("out", "in"):
             raise ConfigError(f"variant must be 'out' or 'in'; got {self.variant!r}")
         check_choice(self.optimizer, OPTIMIZERS, "optimizer")
+        check_strategy(self.strategy)
         self._validate_loss_settings()
         if self.loss in PRETRAIN_LOSSES:
             check_contrastive_batch_size(self.batch_size)
@@ -299,8 +306,24 @@ def train(config=None, *, resume=False, overwrite=False, **settings):
     """
     config = dataclasses.replace(config or TrainConfig(), **settings)
     config, run = open_run(config, resume=resume, overwrite=overwrite)
-
+    # The strategy comes first: MultiWorkerMirroredStrategy must exist before other TF work.
     started = time.time()
+    with distribution_scope(config.strategy) as replicas:
+        check_global_batch(config.batch_size, replicas)
+        data, encoder, classifier = _train_stages(config, run, resume)
+    # Evaluation and export run outside the strategy, on this process's devices.
+    metrics = evaluate_run(config, data, run, classifier, encoder)
+    metrics["wall_time_s"] = round(time.time() - started, 1)
+    metrics["replicas"] = replicas
+    metrics["run_dir"] = str(run.path)
+    run.write_json("metrics.json", metrics)
+    run.mark_finished()
+    return metrics
+
+
+def _train_stages(config, run, resume):
+    """Pre-training and classifier stages (those not done yet); returns
+    ``(data, encoder, classifier)``."""
     # Data errors surface before a new run writes anything.
     data = load_dataset(config.dataset, data_dir=config.data_dir,
                         val_fraction=config.val_fraction, seed=config.seed)
@@ -339,13 +362,7 @@ def train(config=None, *, resume=False, overwrite=False, **settings):
             run.mark_stage_done("ce")
         else:
             classifier = _train_probe(config, data, run, encoder)
-
-    metrics = evaluate_run(config, data, run, classifier, encoder)
-    metrics["wall_time_s"] = round(time.time() - started, 1)
-    metrics["run_dir"] = str(run.path)
-    run.write_json("metrics.json", metrics)
-    run.mark_finished()
-    return metrics
+    return data, encoder, classifier
 
 
 def _train_probe(config, data, run, encoder):

@@ -1,0 +1,79 @@
+"""Training on several devices or machines with the engines Keras already has.
+
+- ``"mirrored"``: ``tf.distribute.MirroredStrategy``, every GPU of this machine
+  (TensorFlow backend);
+- ``"multiworker"``: ``tf.distribute.MultiWorkerMirroredStrategy``, every GPU of
+  every machine named in ``TF_CONFIG`` (TensorFlow backend);
+- ``"data-parallel"``: ``keras.distribution.DataParallel`` over every JAX device
+  (JAX backend).
+
+The batch size stays the global batch (the ``tf.data`` batch), as in Keras;
+each replica gets ``batch_size / replicas`` images. The contrastive losses
+compare every anchor with the global batch (see
+:mod:`keras_supcon.losses.replicas`), so 4 devices x 256 train like one batch
+of 1024. BatchNorm statistics stay per replica (Keras' default, as in the
+SupCon reference implementation).
+"""
+
+import contextlib
+import logging
+
+import keras
+
+from keras_supcon.errors import ConfigError, check_choice
+
+log = logging.getLogger(__name__)
+
+STRATEGIES = ("none", "mirrored", "multiworker", "data-parallel")
+TF_STRATEGIES = ("mirrored", "multiworker")
+
+
+def check_strategy(name, backend=None):
+    """A one-line ConfigError if ``name`` is unknown or needs the other backend."""
+    check_choice(name, STRATEGIES, "strategy")
+    backend = backend or keras.backend.backend()
+    if name in TF_STRATEGIES and backend != "tensorflow":
+        raise ConfigError(f"--strategy {name} is tf.distribute and needs the TensorFlow "
+                          f"backend (this is {backend}; on JAX use --strategy data-parallel)")
+    if name == "data-parallel" and backend != "jax":
+        raise ConfigError(f"--strategy data-parallel is keras.distribution and needs "
+                          f"KERAS_BACKEND=jax (this is {backend}; on TensorFlow use "
+                          f"--strategy mirrored or multiworker)")
+    return name
+
+
+@contextlib.contextmanager
+def distribution_scope(name):
+    """Build and train inside this scope; yields the number of replicas.
+
+    Enter it before any other TensorFlow work of the program: a
+    ``MultiWorkerMirroredStrategy`` must be created at start-up.
+    """
+    check_strategy(name)
+    if name == "none":
+        yield 1
+    elif name in TF_STRATEGIES:
+        import tensorflow as tf
+
+        strategy = (tf.distribute.MirroredStrategy() if name == "mirrored"
+                    else tf.distribute.MultiWorkerMirroredStrategy())
+        log.info("strategy %s: %d replicas", name, strategy.num_replicas_in_sync)
+        with strategy.scope():
+            yield strategy.num_replicas_in_sync
+    else:
+        previous = keras.distribution.distribution()
+        distribution = keras.distribution.DataParallel()
+        keras.distribution.set_distribution(distribution)
+        replicas = len(distribution.device_mesh.devices.reshape(-1))
+        log.info("strategy data-parallel: %d devices", replicas)
+        try:
+            yield replicas
+        finally:
+            keras.distribution.set_distribution(previous)
+
+
+def check_global_batch(batch_size, replicas):
+    """The global batch must split evenly over the replicas."""
+    if replicas > 1 and batch_size % replicas:
+        raise ConfigError(f"batch size {batch_size} does not split evenly over "
+                          f"{replicas} replicas; use a multiple of {replicas}")

@@ -1,0 +1,99 @@
+"""Data-parallel training: the contrastive losses see the global batch.
+
+The two-device runs happen in subprocesses, because the number of logical CPU
+devices (TensorFlow) or host devices (JAX) is fixed when the backend starts.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from keras_supcon.errors import ConfigError
+from keras_supcon.training.distribute import check_global_batch, check_strategy
+
+HERE = Path(__file__).resolve().parent
+LOSSES = ("supcon_out", "supcon_in", "simclr", "npairs")
+
+
+def _run(args, backend="tensorflow", timeout=600):
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run([sys.executable, *map(str, args)], env=env, capture_output=True,
+                          text=True, timeout=timeout, cwd=HERE.parent)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.mark.parametrize("backend,replicas", [("tensorflow", 2), ("tensorflow", 3), ("jax", 2)])
+def test_distributed_step_equals_single_device_step(tmp_path, backend, replicas):
+    """One SGD step (lr 1) on R replicas changes the weights exactly as one
+    step on one device with the concatenated batch: the loss is computed over
+    the global batch, not per replica. (MirroredStrategy on TensorFlow,
+    keras.distribution.DataParallel on JAX.)"""
+    out = tmp_path / "step.npz"
+    _run([HERE / "distributed_step.py", out, replicas], backend=backend)
+    result = np.load(out)
+    for loss in LOSSES:
+        single, split = f"{loss}/single/", f"{loss}/replicas/"
+        np.testing.assert_allclose(result[split + "loss"], result[single + "loss"], rtol=1e-5)
+        deltas = sorted(k for k in result if k.startswith(single + "delta"))
+        assert len(deltas) == 4
+        for key in deltas:
+            expected = result[key]
+            assert np.abs(expected).max() > 1e-2  # the step moved the weights
+            np.testing.assert_allclose(result[key.replace(single, split)], expected,
+                                       rtol=1e-4, atol=1e-6, err_msg=f"{loss} {key}")
+
+
+def test_train_job_on_two_replicas(tmp_path):
+    """The whole job (``--strategy mirrored``) on two logical CPU devices."""
+    out = tmp_path / "run"
+    _run([HERE / "distributed_step.py", "--job", 2, "--dataset", "digits",
+          "--backbone", "small_resnet", "--image-size", "16", "--epochs", "1",
+          "--linear-epochs", "1", "--batch-size", "32", "--strategy", "mirrored",
+          "--out", out, "--verbose", "0"])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["replicas"] == 2
+    assert 0 <= metrics["accuracy"] <= 1
+    assert (out / "saved_model").is_dir()
+
+
+def test_strategy_must_match_backend():
+    assert check_strategy("mirrored", "tensorflow") == "mirrored"
+    assert check_strategy("data-parallel", "jax") == "data-parallel"
+    with pytest.raises(ConfigError, match="needs KERAS_BACKEND=jax"):
+        check_strategy("data-parallel", "tensorflow")
+    with pytest.raises(ConfigError, match="needs the TensorFlow backend"):
+        check_strategy("multiworker", "jax")
+    with pytest.raises(ConfigError, match="unknown strategy"):
+        check_strategy("horovod", "tensorflow")
+
+
+def test_global_batch_must_split_evenly():
+    check_global_batch(64, 4)
+    check_global_batch(7, 1)
+    with pytest.raises(ConfigError, match="does not split evenly over 4 replicas"):
+        check_global_batch(66, 4)
+
+
+def test_cli_rejects_strategy_of_other_backend(tmp_path):
+    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run([sys.executable, "-m", "keras_supcon.train", "--strategy",
+                           "data-parallel", "--out", str(tmp_path / "r")], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    lines = [ln for ln in proc.stderr.strip().splitlines() if "data-parallel" in ln]
+    assert lines and "needs KERAS_BACKEND=jax" in lines[-1]
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_pseudo_labelling_refuses_a_strategy():
+    from keras_supcon.training.pseudo import run_pseudo_labelling
+
+    with pytest.raises(ConfigError, match="pseudo-labelling runs on one device"):
+        run_pseudo_labelling(dataset="digits", strategy="mirrored", out="unused")
