@@ -49,13 +49,16 @@ def test_distributed_step_equals_single_device_step(tmp_path, backend, replicas)
                                        rtol=1e-4, atol=1e-6, err_msg=f"{loss} {key}")
 
 
-def test_train_job_on_two_replicas(tmp_path):
-    """The whole job (``--strategy mirrored``) on two logical CPU devices."""
+@pytest.mark.parametrize("backend,strategy", [("tensorflow", "mirrored"),
+                                              ("jax", "data-parallel")])
+def test_train_job_on_two_replicas(tmp_path, backend, strategy):
+    """The whole job on two logical CPU devices: pre-training, linear
+    evaluation (full batches only under keras.distribution), metrics, export."""
     out = tmp_path / "run"
     _run([HERE / "distributed_step.py", "--job", 2, "--dataset", "digits",
           "--backbone", "small_resnet", "--image-size", "16", "--epochs", "1",
-          "--linear-epochs", "1", "--batch-size", "32", "--strategy", "mirrored",
-          "--out", out, "--verbose", "0"])
+          "--linear-epochs", "1", "--batch-size", "32", "--strategy", strategy,
+          "--out", out, "--verbose", "0"], backend=backend)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["replicas"] == 2
     assert 0 <= metrics["accuracy"] <= 1

@@ -65,13 +65,15 @@ def contrastive_batches(ds, image_size, batch_size, *, views=2, policy=CONTRASTI
 
 
 def supervised_batches(ds, image_size, batch_size, *, augment=False, policy=WEAK_POLICY,
-                       shuffle=False, seed=None, cache=False, num_examples=None):
-    """Batches of ``(images [B, S, S, 3], labels [B])``, augmented if ``augment``."""
+                       shuffle=False, seed=None, cache=False, num_examples=None,
+                       drop_remainder=False):
+    """Batches of ``(images [B, S, S, 3], labels [B])``, augmented if ``augment``
+    (``drop_remainder``: full batches only)."""
     if batch_size < 1:
         raise ConfigError(f"batch size must be >= 1; got {batch_size}")
     ds = _prepare(ds, image_size, shuffle=shuffle, seed=seed, cache=cache,
                   num_examples=num_examples)
-    ds = ds.batch(batch_size)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     if augment:
         ds = ds.map(lambda x, y: (augment_batch(x, policy), y), num_parallel_calls=AUTOTUNE)
     return ds.prefetch(AUTOTUNE)

@@ -284,17 +284,20 @@ def train_classifier(config, data, run, classifier, stage, epochs, lr, extra_cal
     augmented unless ``config.augment`` is off, best validation-accuracy epoch kept;
     settings from ``config``; ``config.loss == "center"`` adds the center loss)."""
     n_train = data.sizes["train"]
+    # keras.distribution shards every batch evenly over the devices: no partial batches.
+    whole = config.strategy == "data-parallel"
     train_ds = supervised_batches(data.train, config.image_size, config.batch_size,
                                   augment=config.augment, shuffle=True, seed=config.seed,
-                                  cache=config.cache, num_examples=n_train)
+                                  cache=config.cache, num_examples=n_train,
+                                  drop_remainder=whole)
     val_ds = supervised_batches(data.val, config.image_size, config.batch_size,
-                                cache=config.cache)
+                                cache=config.cache, drop_remainder=whole)
     if config.loss == "center" and stage == "ce":
         classifier = center_loss_model(classifier, data.num_classes, config.center_weight,
                                        config.center_alpha)
         train_ds, val_ds = _labels_as_input(train_ds), _labels_as_input(val_ds)
     _fit(classifier, "sparse_categorical_crossentropy", ["accuracy"], train_ds, val_ds, run=run,
-         stage=stage, epochs=epochs, steps=_steps(n_train, config.batch_size, False), lr=lr,
+         stage=stage, epochs=epochs, steps=_steps(n_train, config.batch_size, whole), lr=lr,
          monitor="val_accuracy", mode="max", config=config, extra_callbacks=extra_callbacks)
 
 
