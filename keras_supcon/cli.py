@@ -117,9 +117,10 @@ def add_training_arguments(p, *, single_run=True):
     train.add_argument("--seed", type=int, default=d.seed)
     train.add_argument("--mixed-precision", action="store_true")
     train.add_argument("--strategy", default=d.strategy, choices=STRATEGIES,
-                       help="several devices: mirrored (all GPUs here) or multiworker "
-                            "(machines in TF_CONFIG) on TensorFlow, data-parallel "
-                            "(keras.distribution) on JAX; --batch-size is the global batch")
+                       help="several devices: mirrored (all GPUs here) on TensorFlow, "
+                            "data-parallel (keras.distribution, also across machines) on "
+                            "JAX; multiworker is blocked upstream (keras-team/keras#20585); "
+                            "--batch-size is the global batch")
     return p
 
 

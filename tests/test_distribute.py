@@ -71,7 +71,10 @@ def test_strategy_must_match_backend():
     with pytest.raises(ConfigError, match="needs KERAS_BACKEND=jax"):
         check_strategy("data-parallel", "tensorflow")
     with pytest.raises(ConfigError, match="needs the TensorFlow backend"):
-        check_strategy("multiworker", "jax")
+        check_strategy("mirrored", "jax")
+    # Blocked upstream: Keras 3 fit fails under MultiWorkerMirroredStrategy.
+    with pytest.raises(ConfigError, match="keras-team/keras#20585"):
+        check_strategy("multiworker", "tensorflow")
     with pytest.raises(ConfigError, match="unknown strategy"):
         check_strategy("horovod", "tensorflow")
 

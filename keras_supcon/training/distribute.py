@@ -3,9 +3,15 @@
 - ``"mirrored"``: ``tf.distribute.MirroredStrategy``, every GPU of this machine
   (TensorFlow backend);
 - ``"multiworker"``: ``tf.distribute.MultiWorkerMirroredStrategy``, every GPU of
-  every machine named in ``TF_CONFIG`` (TensorFlow backend);
+  every machine named in ``TF_CONFIG`` (TensorFlow backend). Keras 3's
+  ``model.fit`` does not run under it (keras-team/keras#20585: fit's symbolic
+  build converts the per-replica batch to a tensor and fails; reproduced here
+  with two workers on localhost), so the option stops with that explanation
+  instead of a traceback, until Keras fixes it;
 - ``"data-parallel"``: ``keras.distribution.DataParallel`` over every JAX device
-  (JAX backend).
+  (JAX backend); on several machines, ``keras.distribution.initialize()`` first
+  joins the processes named by ``KERAS_DISTRIBUTION_JOB_ADDRESSES``,
+  ``KERAS_DISTRIBUTION_NUM_PROCESSES`` and ``KERAS_DISTRIBUTION_PROCESS_ID``.
 
 The batch size stays the global batch (the ``tf.data`` batch), as in Keras;
 each replica gets ``batch_size / replicas`` images. The contrastive losses
@@ -25,6 +31,10 @@ from keras_supcon.errors import ConfigError, check_choice
 log = logging.getLogger(__name__)
 
 STRATEGIES = ("none", "mirrored", "multiworker", "data-parallel")
+MULTIWORKER_BLOCKED = (
+    "--strategy multiworker: Keras 3 model.fit does not run under "
+    "tf.distribute.MultiWorkerMirroredStrategy (keras-team/keras#20585); for several "
+    "machines use KERAS_BACKEND=jax with --strategy data-parallel (see docs/performance.md)")
 TF_STRATEGIES = ("mirrored", "multiworker")
 
 
@@ -35,10 +45,12 @@ def check_strategy(name, backend=None):
     if name in TF_STRATEGIES and backend != "tensorflow":
         raise ConfigError(f"--strategy {name} is tf.distribute and needs the TensorFlow "
                           f"backend (this is {backend}; on JAX use --strategy data-parallel)")
+    if name == "multiworker":
+        raise ConfigError(MULTIWORKER_BLOCKED)
     if name == "data-parallel" and backend != "jax":
         raise ConfigError(f"--strategy data-parallel is keras.distribution and needs "
                           f"KERAS_BACKEND=jax (this is {backend}; on TensorFlow use "
-                          f"--strategy mirrored or multiworker)")
+                          f"--strategy mirrored)")
     return name
 
 
@@ -55,12 +67,15 @@ def distribution_scope(name):
     elif name in TF_STRATEGIES:
         import tensorflow as tf
 
-        strategy = (tf.distribute.MirroredStrategy() if name == "mirrored"
-                    else tf.distribute.MultiWorkerMirroredStrategy())
+        strategy = tf.distribute.MirroredStrategy()
         log.info("strategy %s: %d replicas", name, strategy.num_replicas_in_sync)
         with strategy.scope():
             yield strategy.num_replicas_in_sync
     else:
+        import os
+
+        if int(os.environ.get("KERAS_DISTRIBUTION_NUM_PROCESSES", "1")) > 1:
+            keras.distribution.initialize()
         previous = keras.distribution.distribution()
         distribution = keras.distribution.DataParallel()
         keras.distribution.set_distribution(distribution)
