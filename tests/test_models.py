@@ -148,6 +148,22 @@ def test_contrastive_model_encodes_each_view_like_the_encoder():
     np.testing.assert_allclose(z[:, 1], np.asarray(head(encoder(b))), rtol=1e-5, atol=1e-6)
 
 
+def test_contrastive_model_runs_all_views_as_one_batch():
+    """BatchNorm statistics in training cover the B * V images together (the
+    reference concatenates the views), not each view apart."""
+    encoder = build_encoder("small_resnet", 16)
+    head = build_projection_head(encoder.output_shape[-1], 16, 4)
+    model = build_contrastive_model(encoder, head)
+    a, b = _images(3, 16, 1), _images(3, 16, 2)
+    z = np.asarray(model(np.stack([a, b], axis=1), training=True))
+    # rows b * V + v: interleave the views as FoldViews does
+    together = np.stack([a, b], axis=1).reshape((6, 16, 16, 3))
+    expected = np.asarray(head(encoder(together, training=True), training=True))
+    np.testing.assert_allclose(z.reshape(6, 4), expected, rtol=1e-5, atol=1e-6)
+    alone = np.asarray(head(encoder(b, training=True), training=True))
+    assert np.abs(z[:, 1] - alone).max() > 1e-3  # per-view statistics would give this
+
+
 def test_frozen_encoder_runs_batchnorm_in_inference_mode():
     encoder = build_encoder("small_resnet", 16)
     classifier = build_classifier(freeze(encoder), 3)

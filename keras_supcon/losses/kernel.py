@@ -128,12 +128,13 @@ def similarity_softmax_loss(anchors, anchor_labels, contrast=None, contrast_labe
         inv_t_tensor = ops.convert_to_tensor(inv_t, dtype=dtype)
         a_scaled = a * inv_t_tensor
         columns = ops.expand_dims(ops.arange(ops.shape(c)[0]), 0)
+        c_t = ops.transpose(c)  # once: a transpose per block would all run at the start
         total = ops.zeros((), dtype)
         count = ops.zeros((), dtype)
         grad_a, grad_c = [], None
         for start, stop in _row_blocks(n, block_rows):
             a_block = a_scaled[start:stop]
-            s = ops.matmul(a_block, ops.transpose(c))
+            s = ops.matmul(a_block, c_t)
             same = ops.equal(anchor_labels[start:stop], contrast_labels)
             rows = ops.arange(ops.shape(a_block)[0]) + (offset + (start or 0))
             not_self = ops.not_equal(ops.expand_dims(rows, 1), columns)

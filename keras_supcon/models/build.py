@@ -16,7 +16,7 @@
 import keras
 
 from keras_supcon.models.backbones import build_backbone, get_backbone, resolve_image_size
-from keras_supcon.models.layers import image_preprocess_class
+from keras_supcon.models.layers import FoldViews, UnfoldViews, image_preprocess_class
 
 
 def build_encoder(backbone="small_resnet", image_size=None, weights=None, *, K=keras):
@@ -55,17 +55,19 @@ def build_barlow_projector(input_dim, width=8192, projection_dim=8192, *, depth=
     return K.Model(inputs, x, name="barlow_projector")
 
 
-def build_contrastive_model(encoder, head, views=2, *, K=keras):
+def build_contrastive_model(encoder, head, views=2):
     """``[B, V, S, S, 3]`` views -> ``[B, V, P]`` embeddings (encoder and head shared).
 
     The ``V`` views of a batch go through the encoder together as one batch of
-    ``B * V`` images, so BatchNorm statistics cover all views.
+    ``B * V`` images (:class:`FoldViews`), so BatchNorm statistics cover all
+    views, as in the SupCon reference code (``torch.cat`` of the views).
     """
     image_shape = tuple(encoder.input_shape[1:])
-    inputs = K.Input((views,) + image_shape, name="views")
-    features = K.layers.TimeDistributed(encoder, name="encode_views")(inputs)
-    embeddings = K.layers.TimeDistributed(head, name="project_views")(features)
-    return K.Model(inputs, embeddings, name="contrastive_model")
+    inputs = keras.Input((views,) + image_shape, name="views")
+    images = FoldViews(name="fold_views")(inputs)
+    embeddings = head(encoder(images))
+    return keras.Model(inputs, UnfoldViews(views, name="unfold_views")(embeddings),
+                       name="contrastive_model")
 
 
 def build_classifier(encoder, num_classes, *, dropout=0.0, hidden=None, l2=0.0, K=keras):

@@ -64,3 +64,41 @@ def image_preprocess_class(K):
         _TWIN_CLASSES[K] = type("ImagePreprocess", (_ImagePreprocessMixin, K.layers.Layer),
                                 {"__doc__": _ImagePreprocessMixin.__doc__})
     return _TWIN_CLASSES[K]
+
+
+@keras.saving.register_keras_serializable(package="keras_supcon")
+class FoldViews(keras.layers.Layer):
+    """``[B, V, ...]`` -> ``[B * V, ...]`` (row ``b * V + v``): all views as one batch.
+
+    Keras 3's ``TimeDistributed`` calls the wrapped model once per view instead,
+    so BatchNorm would see each view apart and a step would run the encoder
+    ``V`` times on ``B`` images rather than once on ``B * V``.
+    """
+
+    def call(self, inputs):
+        return ops.reshape(inputs, (-1,) + tuple(inputs.shape[2:]))
+
+    def compute_output_shape(self, input_shape):
+        batch = None if input_shape[0] is None else input_shape[0] * input_shape[1]
+        return (batch,) + tuple(input_shape[2:])
+
+
+@keras.saving.register_keras_serializable(package="keras_supcon")
+class UnfoldViews(keras.layers.Layer):
+    """``[B * V, ...]`` -> ``[B, V, ...]``, the inverse of :class:`FoldViews`."""
+
+    def __init__(self, views, **kwargs):
+        super().__init__(**kwargs)
+        self.views = int(views)
+
+    def call(self, inputs):
+        return ops.reshape(inputs, (-1, self.views) + tuple(inputs.shape[1:]))
+
+    def compute_output_shape(self, input_shape):
+        batch = None if input_shape[0] is None else input_shape[0] // self.views
+        return (batch, self.views) + tuple(input_shape[1:])
+
+    def get_config(self):
+        config = super().get_config()
+        config["views"] = self.views
+        return config

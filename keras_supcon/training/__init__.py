@@ -1,5 +1,6 @@
 """Training stages, run directory and the whole-job entry point."""
 
+from keras_supcon.training.distribute import STRATEGIES, distribution_scope
 from keras_supcon.training.optim import make_optimizer, warmup_cosine
 from keras_supcon.training.rundir import RunDir
 from keras_supcon.training.layerwise import LayerwiseConfig, train_layerwise
@@ -8,4 +9,4 @@ from keras_supcon.training.run import LOSSES, TrainConfig, fine_tune_linear, fin
 
 __all__ = ["TrainConfig", "train", "LOSSES", "fine_tune_linear", "fine_tune_nn",
            "run_pseudo_labelling", "LayerwiseConfig", "train_layerwise", "RunDir",
-           "make_optimizer", "warmup_cosine"]
+           "make_optimizer", "warmup_cosine", "distribution_scope", "STRATEGIES"]

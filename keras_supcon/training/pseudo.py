@@ -38,6 +38,7 @@ from keras_supcon.errors import ConfigError, DataError
 from keras_supcon.evaluation import classification_metrics, predict
 from keras_supcon.evaluation.tables import markdown_table
 from keras_supcon.models import build_classifier, build_encoder
+from keras_supcon.training.distribute import precision_policy
 from keras_supcon.training.rundir import CONFIG_FILE, RunDir
 from keras_supcon.training.run import (
     END_TO_END_LOSSES,
@@ -260,8 +261,7 @@ def run_pseudo_labelling(config=None, *, labelled=None, ratios=RATIOS, threshold
         run.write_json(CONFIG_FILE, {"settings": asdict(config), "pseudo_labelling": study,
                                      "versions": library_versions()})
         run.init_state()
-    keras.mixed_precision.set_global_policy("mixed_float16" if config.mixed_precision
-                                            else "float32")
+    keras.mixed_precision.set_global_policy(precision_policy(config.mixed_precision))
     log.info("pseudo-labelling on %s: %d labelled images, ratios %s, threshold %g",
              data.name, n_labelled, ", ".join(map(ratio_label, ratios)), study["threshold"])
 

@@ -63,6 +63,7 @@ from keras_supcon.training.distribute import (
     check_global_batch,
     check_strategy,
     distribution_scope,
+    precision_policy,
 )
 from keras_supcon.training.optim import OPTIMIZERS, make_optimizer
 from keras_supcon.training.rundir import CONFIG_FILE, RunDir, open_run
@@ -338,8 +339,7 @@ def _train_stages(config, run, resume):
         run.init_state()
 
     keras.utils.set_random_seed(config.seed)
-    keras.mixed_precision.set_global_policy("mixed_float16" if config.mixed_precision
-                                            else "float32")
+    keras.mixed_precision.set_global_policy(precision_policy(config.mixed_precision))
 
     classifier = None
     end_to_end = config.loss in END_TO_END_LOSSES
