@@ -38,7 +38,15 @@ def time_call(fn, *, warmup=1, repeats=3, min_time=0.0):
 
 
 def peak_rss_bytes():
-    """Peak resident memory of this process so far (Linux ``ru_maxrss`` is in KiB)."""
+    """Peak resident memory of this process (``VmHWM``, which :func:`reset_peak_rss`
+    resets; ``getrusage``'s ``ru_maxrss`` where /proc is missing, never reset)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
