@@ -193,9 +193,12 @@ def test_readme_commands_are_the_ones_tested():
 
 
 def test_supcon_learns_on_the_real_cifar10_subset(cifar_subset, tmp_path):
-    """A short SupCon + linear run on real CIFAR-10 images lands well above chance (10%)."""
+    """A short SupCon + linear run on real CIFAR-10 images lands well above chance (10%).
+
+    5 pre-training epochs: with BatchNorm over both views together (as in the
+    reference code) 3 epochs gave 0.17-0.18 here, 5 epochs 0.27."""
     metrics = train(out=str(tmp_path / "cifar"), dataset=str(cifar_subset),
-                    backbone="small_resnet", epochs=3, linear_epochs=3, batch_size=128,
+                    backbone="small_resnet", epochs=5, linear_epochs=3, batch_size=128,
                     verbose=0)
     assert metrics["num_examples"] == 1017
     assert metrics["accuracy"] > 0.2, metrics["accuracy"]
