@@ -388,12 +388,12 @@ def memory_probe(kernel, mode, batch_size, dim, precision="float32"):
     # what the loss itself holds is the peak of a second call.
     reset_peak_rss()
     out["rss_before_second_bytes"] = current_rss_bytes()
+    base = None
     if backend() != "jax":
-        tf.config.experimental.reset_memory_stats(device.name)
-        base = tf.config.experimental.get_memory_info(device.name)["current"]
+        base, out["allocator_stats"] = allocator_baseline(device.name)
     run()
     out["extra_bytes"] = peak_rss_bytes() - out["rss_before_second_bytes"]
-    if backend() != "jax":
+    if base is not None:
         # Peak of the tensors TensorFlow's allocator handed out during the call
         # (freed memory that malloc keeps makes RSS deltas a poor measure here).
         out["allocator_peak_bytes"] = int(
@@ -401,12 +401,48 @@ def memory_probe(kernel, mode, batch_size, dim, precision="float32"):
         out["allocator_device"] = device.name
     if not out["peak_reset"] and out["peak_rss_bytes"] <= out["peak_rss_before_bytes"]:
         out["note"] = "peak RSS could not be reset and was not exceeded: an upper bound"
-    # what the loss itself holds: the allocator's peak (TensorFlow), else the
-    # compiled temporaries (jax), else the RSS delta of the second call
-    out["bytes"] = out.get("allocator_peak_bytes", out.get("compiled_temp_bytes",
-                                                           out["extra_bytes"]))
+    # What the loss itself holds: the allocator's peak (TensorFlow), else the
+    # compiled temporaries (jax), else the peak-RSS delta of the second call.
+    out["measure"] = ("allocator" if "allocator_peak_bytes" in out
+                      else "compiled" if "compiled_temp_bytes" in out else "rss")
+    out["bytes"] = out[MEASURE_KEYS[out["measure"]]]
     out["nxn_buffers"] = out["bytes"] / out["nxn_bytes"]
     return out
+
+
+# What a probe's ``bytes`` is, by ``measure``: the key it is copied from, and its description.
+MEASURE_KEYS = {"allocator": "allocator_peak_bytes", "compiled": "compiled_temp_bytes",
+                "rss": "extra_bytes"}
+MEASURE_WORDS = {
+    "allocator": "peak of TensorFlow's allocator during a second call "
+                 "(`tf.config.experimental.get_memory_info`)",
+    "compiled": "compiled temporaries (`memory_analysis().temp_size_in_bytes`)",
+    "rss": "peak RSS during a second call minus RSS before it (a lower bound: memory "
+           "that malloc kept from the first call is reused unseen)",
+}
+
+
+def probe_measure(entry):
+    """The ``measure`` of a probe's ``bytes`` (inferred for results written before it was
+    recorded)."""
+    if "measure" in entry:
+        return entry["measure"]
+    return next((m for m in ("allocator", "compiled") if MEASURE_KEYS[m] in entry), "rss")
+
+
+def allocator_baseline(device_name):
+    """Reset the peak statistics of TensorFlow's allocator on ``device_name``;
+    returns ``(bytes in use now, "kept")``, or ``(None, reason)`` where the
+    allocator keeps no statistics (on a CPU, only the BFC allocator does: TensorFlow
+    uses it there by default only with oneDNN, i.e. not on every machine;
+    :func:`run_memory_probe` sets ``TF_CPU_ALLOCATOR_USE_BFC=true`` for it)."""
+    import tensorflow as tf
+
+    try:
+        tf.config.experimental.reset_memory_stats(device_name)
+        return tf.config.experimental.get_memory_info(device_name)["current"], "kept"
+    except ValueError as exc:
+        return None, f"not kept ({exc}): measured by RSS instead"
 
 
 def run_memory_probe(kernel, mode, batch_size, dim, timeout):
@@ -415,6 +451,9 @@ def run_memory_probe(kernel, mode, batch_size, dim, timeout):
            kernel, mode, str(batch_size), str(dim)]
     env = dict(os.environ)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # The allocator whose statistics the probe reads (not TensorFlow's CPU default
+    # on every machine); where it still keeps none, the probe measures RSS and says so.
+    env["TF_CPU_ALLOCATOR_USE_BFC"] = "true"
     entry = {"kernel": kernel, "mode": mode, "batch_size": batch_size, "dim": dim,
              "precision": "float32", "nxn_bytes": nxn_bytes(batch_size)}
     try:
@@ -688,6 +727,8 @@ def markdown(data):
     if memory:
         mem_modes = [m for m in r["modes"] if any(e["mode"] == m for e in memory)]
         mem_by = {(e["kernel"], e["mode"]): e for e in memory}
+        measures = {key: probe_measure(e) for key, e in mem_by.items() if not e.get("error")}
+        kinds = list(dict.fromkeys(measures.values()))
         mem_rows = []
         for k in r["kernels"]:
             if not any((k, m) in mem_by for m in mem_modes):
@@ -700,14 +741,12 @@ def markdown(data):
                 elif e.get("error"):
                     cells.append("failed: " + e["error"][:80])
                 else:
-                    cells.append(f"{fmt_bytes(e['bytes'])} ({e['nxn_buffers']:.1f}x)")
+                    tag = f" [{measures[(k, m)]}]" if len(kinds) > 1 else ""
+                    cells.append(f"{fmt_bytes(e['bytes'])} ({e['nxn_buffers']:.1f}x){tag}")
             mem_rows.append([k] + cells)
         e0 = memory[0]
-        source = ("compiled temporaries (`memory_analysis().temp_size_in_bytes`)"
-                  if any("compiled_temp_bytes" in e for e in memory)
-                  else "GPU peak (`get_memory_info`)" if any("gpu_peak_bytes" in e for e in memory)
-                  else "peak RSS after one call minus RSS before it (inputs created, "
-                       "function traced; XLA compiles inside the call)")
+        source = "; ".join(f"{MEASURE_WORDS[m]} [{m}]" if len(kinds) > 1 else MEASURE_WORDS[m]
+                           for m in kinds) or "no probe finished"
         parts += [
             f"Memory of one float32 forward + backward at B = {e0['batch_size']} "
             f"(N = {VIEWS * e0['batch_size']}), D = {e0['dim']}, each in a fresh process: "

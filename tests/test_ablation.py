@@ -1,4 +1,4 @@
-"""The ablation end to end: a 2 x 2 grid (small_resnet, resnet50) x (ce, supcon) on
+"""The ablation end to end: a 2 x 2 grid (small_resnet, resnet18_cifar) x (ce, supcon) on
 digits, with one combination crashing on the first attempt; the tables against
 the runs' metrics.json, the embedding metrics against a brute-force computation
 from the saved encoder, the report command, and the errors."""
@@ -21,9 +21,13 @@ from keras_supcon.evaluation.report import collect_runs, write_report
 from keras_supcon.report import main as report_main
 from keras_supcon.training.ablation import parse_grid, plan, run_ablation
 
-BUDGET = ["--dataset", "digits", "--image-size", "32", "--epochs", "1", "--linear-epochs", "1",
+# Digits are 8x8 images: at 8 pixels the two backbones (small_resnet and the
+# ResNet-18 with the CIFAR stem) see the data as it is, at the least cost.
+SIZE = 8
+OTHER = "resnet18_cifar"
+BUDGET = ["--dataset", "digits", "--image-size", str(SIZE), "--epochs", "1", "--linear-epochs", "1",
           "--batch-size", "64", "--verbose", "0"]
-NAMES = ["small_resnet-ce", "small_resnet-supcon", "resnet50-ce", "resnet50-supcon"]
+NAMES = ["small_resnet-ce", "small_resnet-supcon", f"{OTHER}-ce", f"{OTHER}-supcon"]
 CRASHING = "small_resnet-supcon"
 
 
@@ -32,7 +36,7 @@ def ablation(tmp_path_factory):
     """Run the ablation twice: first with CRASHING failing after its training
     stages, then again (which must only resume CRASHING)."""
     out = tmp_path_factory.mktemp("ablation") / "abl"
-    argv = ["--backbones", "small_resnet,resnet50", "--losses", "ce,supcon", "--out", str(out),
+    argv = ["--backbones", f"small_resnet,{OTHER}", "--losses", "ce,supcon", "--out", str(out),
             *BUDGET]
     real_evaluate = run_module.evaluate_run
 
@@ -105,7 +109,7 @@ def test_tables_equal_the_runs_metrics(ablation):
     tables = _md_tables((out / "ablation.md").read_text())
     for loss in ("ce", "supcon"):
         rows = {r["Backbone"]: r for r in tables[loss]}
-        assert set(rows) == {"small_resnet", "resnet50"}
+        assert set(rows) == {"small_resnet", OTHER}
         for backbone, row in rows.items():
             m = metrics[f"{backbone}-{loss}"]
             assert row["F1"] == f"{m['f1_macro']:.4f}"
@@ -122,7 +126,7 @@ def test_tables_equal_the_runs_metrics(ablation):
         assert row["MAP@R"] == f"{e['map_at_r']:.4f}"
         assert row["R@8"] == f"{e['recall_at_k']['8']:.4f}"
     diff = {r["Backbone"]: r for r in tables["supcon vs ce"]}
-    for backbone in ("small_resnet", "resnet50"):
+    for backbone in ("small_resnet", OTHER):
         a, b = (metrics[f"{backbone}-{loss}"]["accuracy"] for loss in ("ce", "supcon"))
         assert diff[backbone]["Accuracy"] == f"{a:.4f} → {b:.4f} ({b - a:+.4f})"
     with (out / "ablation.csv").open() as f:
@@ -180,14 +184,14 @@ def _brute_force(train_emb, train_y, test_emb, test_y, k):
     return knn_correct / n, p1 / n, r8 / n, float(np.mean(aps))
 
 
-@pytest.mark.parametrize("name", ["resnet50-ce", "small_resnet-supcon"])
+@pytest.mark.parametrize("name", [f"{OTHER}-ce", "small_resnet-supcon"])
 def test_embedding_metrics_match_brute_force(ablation, name):
     out, _, _ = ablation
     embedding = json.loads((out / name / "metrics.json").read_text())["embedding"]
     encoder = keras.models.load_model(out / name / "encoder.keras")
     data = load_dataset("digits")
-    train_emb, train_y = predict(encoder, supervised_batches(data.train, 32, 256))
-    test_emb, test_y = predict(encoder, supervised_batches(data.test, 32, 256))
+    train_emb, train_y = predict(encoder, supervised_batches(data.train, SIZE, 256))
+    test_emb, test_y = predict(encoder, supervised_batches(data.test, SIZE, 256))
     knn, p1, r8, map_r = _brute_force(train_emb, train_y, test_emb, test_y, embedding["knn_k"])
     assert embedding["knn_k"] == 20
     assert embedding["knn_accuracy"] == pytest.approx(knn, abs=1e-9)
@@ -212,7 +216,7 @@ def test_report_command_reproduces_the_ablation_tables(ablation, capsys):
 
 def test_rerun_with_other_settings_is_refused(ablation):
     out, _, _ = ablation
-    same = dict(dataset="digits", image_size=32, linear_epochs=1, batch_size=64, verbose=0)
+    same = dict(dataset="digits", image_size=SIZE, linear_epochs=1, batch_size=64, verbose=0)
     with pytest.raises(ConfigError, match=r"epochs: 1 there, 2 now"):
         run_ablation(out, "small_resnet", "ce", epochs=2, **same)
 
@@ -220,14 +224,14 @@ def test_rerun_with_other_settings_is_refused(ablation):
 def test_second_ablation_in_the_same_folder_shares_its_runs(ablation):
     """A temperature means nothing to ce: another study with one reuses the ce run."""
     out, _, _ = ablation
-    before = (out / "resnet50-ce" / "metrics.json").stat().st_mtime_ns
-    result = run_ablation(out, "resnet50", "ce", name="other", temperature=0.05, epochs=1,
-                          dataset="digits", image_size=32, linear_epochs=1, batch_size=64,
+    before = (out / f"{OTHER}-ce" / "metrics.json").stat().st_mtime_ns
+    result = run_ablation(out, OTHER, "ce", name="other", temperature=0.05, epochs=1,
+                          dataset="digits", image_size=SIZE, linear_epochs=1, batch_size=64,
                           verbose=0)
     assert [c["status"] for c in result["combinations"]] == ["skipped"]
     assert (out / "other.md").exists() and (out / "other.json").exists()
     assert "1 of 1 runs finished" in (out / "other.md").read_text()
-    assert (out / "resnet50-ce" / "metrics.json").stat().st_mtime_ns == before
+    assert (out / f"{OTHER}-ce" / "metrics.json").stat().st_mtime_ns == before
 
 
 def test_report_errors_name_the_offending_item(ablation, tmp_path):
@@ -242,7 +246,7 @@ def test_report_errors_name_the_offending_item(ablation, tmp_path):
     import shutil
 
     broken = tmp_path / "broken"
-    shutil.copytree(out / "resnet50-ce", broken)
+    shutil.copytree(out / f"{OTHER}-ce", broken)
     (broken / "metrics.json").write_text('{"accuracy": 0.5,')
     with pytest.raises(RunDirError, match=re.escape(str(broken / "metrics.json")) +
                        " is not valid JSON"):

@@ -81,6 +81,32 @@ def test_quick_memory_probe(quick_run):
     assert probe["nxn_bytes"] == (2 * 64) ** 2 * 4
     assert probe["peak_rss_bytes"] >= probe["rss_before_bytes"] > 0
     assert probe["nxn_buffers"] == pytest.approx(probe["bytes"] / probe["nxn_bytes"])
+    # the probe process asks for the allocator that keeps statistics (TF_CPU_ALLOCATOR_USE_BFC)
+    assert probe["measure"] == "allocator" and probe["allocator_stats"] == "kept", probe
+    assert probe["bytes"] == probe["allocator_peak_bytes"] > 0
+
+
+def test_memory_probe_without_allocator_statistics(monkeypatch):
+    """Where TensorFlow's CPU allocator keeps no statistics (not the BFC allocator:
+    machines without oneDNN by default), the probe measures RSS and says so."""
+    def no_stats(device):
+        raise ValueError(f"Cannot reset memory stats for device '{device}'")
+
+    monkeypatch.setattr(tf.config.experimental, "reset_memory_stats", no_stats)
+    probe = loss_kernels.memory_probe("supcon", "graph", 16, 8)
+    assert probe["measure"] == "rss" and "allocator_peak_bytes" not in probe
+    assert probe["allocator_stats"].startswith("not kept (Cannot reset memory stats")
+    assert probe["bytes"] == probe["extra_bytes"] >= 0
+    assert probe["nxn_buffers"] == pytest.approx(probe["bytes"] / probe["nxn_bytes"])
+    data = {"machine": {"cpu": "test cpu", "cores": 2}, "results": {
+        "batch_sizes": [], "dims": [], "precisions": [], "kernels": ["supcon", "floor"],
+        "modes": ["graph"], "timings": [], "backend": "tensorflow", "num_classes": 10,
+        "mixed_policy": "mixed_bfloat16", "complete": True,
+        "memory": [probe, {**probe, "kernel": "floor", "measure": "allocator"}]}}
+    text = loss_kernels.markdown(data)
+    assert "peak RSS during a second call minus RSS before it" in text
+    # two measures in one table: each cell says which it is
+    assert "[rss]" in text and "[allocator]" in text
 
 
 def test_run_replaces_only_its_sections(quick_run):

@@ -1,4 +1,4 @@
-"""The pruning job end to end on a classifier trained on the CIFAR-10 subset:
+"""The pruning job end to end on a small classifier trained on digits:
 reports against files measured here, exports loaded back, sweep, lottery, sensitivity, CLI."""
 
 import csv
@@ -52,11 +52,9 @@ def _zipped(path, tmp_path):
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, request):
-    from tests.conftest import CIFAR_SUBSET
-
-    out = tmp_path_factory.mktemp("runs") / "cifar_ce"
-    train(dataset=str(CIFAR_SUBSET), loss="ce", backbone="small_resnet", image_size=16,
-          epochs=2, batch_size=128, out=str(out), verbose=0)
+    out = tmp_path_factory.mktemp("runs") / "digits_ce"
+    train(dataset="digits", loss="ce", backbone="small_resnet", image_size=16,
+          epochs=2, batch_size=64, out=str(out), verbose=0)
     return out
 
 
