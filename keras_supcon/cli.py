@@ -72,6 +72,10 @@ def add_training_arguments(p, *, single_run=True):
                        help="classifier on the frozen pre-trained encoder: linear softmax, or "
                             "nn (one hidden ReLU layer of --probe-hidden units)")
     model.add_argument("--probe-hidden", type=int, default=d.probe_hidden)
+    model.add_argument("--probe-solver", default=d.probe_solver, choices=("lbfgs", "sgd"),
+                       help="linear probe: lbfgs (logistic regression on cached features, "
+                            "L2 strength chosen on validation) or sgd (model.fit on augmented "
+                            "images for --linear-epochs)")
     train = p.add_argument_group("training")
     if single_run:
         train.add_argument("--loss", default=d.loss, choices=LOSSES,
@@ -114,6 +118,14 @@ def add_training_arguments(p, *, single_run=True):
     train.add_argument("--early-stopping", type=int, default=None, metavar="PATIENCE",
                        help="stop a stage after PATIENCE epochs without validation "
                             "improvement (the best epoch is always kept)")
+    train.add_argument("--bn-momentum", type=float, default=d.bn_momentum,
+                       help="momentum of every BatchNorm layer's moving statistics "
+                            "(Keras' default is 0.99, tuned for long runs)")
+    train.add_argument("--precise-bn-batches", type=int, default=d.precise_bn_batches,
+                       metavar="N",
+                       help="recompute BatchNorm statistics over N clean training batches "
+                            "before each validation and after each stage that trains "
+                            "BatchNorm (0: off)")
     train.add_argument("--seed", type=int, default=d.seed)
     train.add_argument("--mixed-precision", action="store_true")
     train.add_argument("--strategy", default=d.strategy, choices=STRATEGIES,

@@ -20,6 +20,7 @@ from keras_supcon.evaluation import predict
 from keras_supcon.evaluation.report import collect_runs, write_report
 from keras_supcon.report import main as report_main
 from keras_supcon.training.ablation import parse_grid, plan, run_ablation
+from keras_supcon.training.probe import C_GRID
 
 # Digits are 8x8 images: at 8 pixels the two backbones (small_resnet and the
 # ResNet-18 with the CIFAR stem) see the data as it is, at the least cost.
@@ -82,7 +83,8 @@ def test_second_attempt_only_resumes_the_failed_combination(ablation):
         assert (out / name / "metrics.json").stat().st_mtime_ns == mtime
     # resumed after its completed stages: each stage trained once, not again
     history = list(csv.DictReader((out / CRASHING / "history.csv").open()))
-    assert [(r["stage"], r["epoch"]) for r in history] == [("pretrain", "1"), ("linear", "1")]
+    assert [(r["stage"], r["epoch"]) for r in history] == [("pretrain", "1")] + [
+        ("linear", str(i)) for i in range(1, len(C_GRID) + 1)]
     assert not (out / "errors" / f"{CRASHING}.txt").exists()
     assert "4 of 4 runs finished" in (out / "ablation.md").read_text()
 

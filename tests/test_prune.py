@@ -202,21 +202,3 @@ def test_prune_classifier_per_layer_targets_and_bad_sparsity():
     for bad in (1.0, -0.1):
         with pytest.raises(ConfigError, match=r"sparsity must be in \[0, 1\)"):
             prune_classifier(model, _data(), sparsity=bad, epochs=1)
-
-
-def test_batchnorm_recalibration_is_the_average_of_batch_statistics():
-    from keras_supcon.compression.prune import recalibrate_batchnorm
-
-    inputs = keras.Input((3,))
-    bn = keras.layers.BatchNormalization(momentum=0.99)
-    model = keras.Model(inputs, bn(inputs))
-    rng = np.random.default_rng(0)
-    batches = [rng.normal(loc=[1.0, -2.0, 5.0], scale=[1.0, 3.0, 0.5], size=(n, 3))
-               for n in (8, 8, 5)]
-    ds = [(b.astype("float32"), np.zeros(len(b))) for b in batches]
-    recalibrate_batchnorm(model, ds)
-    mean = np.mean([b.astype("float32").astype("float64").mean(axis=0) for b in batches], axis=0)
-    var = np.mean([b.astype("float32").astype("float64").var(axis=0) for b in batches], axis=0)
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(bn.moving_mean), mean, rtol=1e-5)
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(bn.moving_variance), var, rtol=1e-4)
-    assert bn.momentum == 0.99

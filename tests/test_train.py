@@ -15,6 +15,7 @@ from keras_supcon.training import train
 from keras_supcon.compression import serve_saved_model
 from keras_supcon.data import load_dataset, supervised_batches
 from keras_supcon.train import main
+from keras_supcon.training.probe import C_GRID
 
 QUICK = dict(backbone="small_resnet", image_size=16, epochs=1, linear_epochs=1, batch_size=32,
              verbose=0)
@@ -46,8 +47,15 @@ def test_run_writes_every_output(finished_run):
                             "f1_macro", "per_class_accuracy", "confusion_matrix", "class_names"}
     assert np.array(on_disk["confusion_matrix"]).sum() == on_disk["num_examples"] == 360
     rows = list(csv.DictReader((out / "history.csv").open()))
-    assert [(r["stage"], r["epoch"]) for r in rows] == [("pretrain", "1"), ("linear", "1")]
-    assert rows[1]["val_accuracy"] != ""
+    # the linear probe: one row per L2 strength C tried on the cached features
+    assert [(r["stage"], r["epoch"]) for r in rows] == [("pretrain", "1")] + [
+        ("linear", str(i)) for i in range(1, len(C_GRID) + 1)]
+    assert [float(r["C"]) for r in rows[1:]] == list(C_GRID)
+    best = max(rows[1:], key=lambda r: float(r["val_accuracy"]))
+    assert on_disk["probe"]["C"] == float(best["C"])
+    assert on_disk["probe"]["val_accuracy"] == float(best["val_accuracy"])
+    assert config["settings"]["probe_solver"] == "lbfgs"
+    assert config["settings"]["bn_momentum"] == 0.9
 
 
 def test_saved_model_reproduces_the_keras_classifier(finished_run):
@@ -145,11 +153,12 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path, monkeypatch):
     assert (out / "checkpoints" / "pretrain").exists()
     assert not (out / "metrics.json").exists()
     metrics = train(out=str(out), resume=True)
-    assert epochs_run == [("pretrain", 1), ("pretrain", 2), ("pretrain", 3),
-                          ("linear", 1), ("linear", 2)]
+    # (the linear probe is fitted on cached features, not by model.fit epochs)
+    assert epochs_run == [("pretrain", 1), ("pretrain", 2), ("pretrain", 3)]
     rows = list(csv.DictReader((out / "history.csv").open()))
     assert [(r["stage"], int(r["epoch"])) for r in rows] == [
-        ("pretrain", 1), ("pretrain", 2), ("pretrain", 3), ("linear", 1), ("linear", 2)]
+        ("pretrain", 1), ("pretrain", 2), ("pretrain", 3)] + [
+        ("linear", i) for i in range(1, len(C_GRID) + 1)]
     assert json.loads((out / "metrics.json").read_text())["accuracy"] == metrics["accuracy"]
 
 
@@ -168,7 +177,8 @@ def test_mixed_precision_run(tmp_path):
         keras.mixed_precision.set_global_policy("float32")
     assert np.isfinite(metrics["f1_macro"]) and metrics["saved_model_max_abs_diff"] < 1e-4
     rows = list(csv.DictReader((tmp_path / "mp" / "history.csv").open()))
-    assert all(np.isfinite(float(r["loss"])) for r in rows)
+    assert all(np.isfinite(float(r["loss"])) for r in rows if r["stage"] == "pretrain")
+    assert all(np.isfinite(float(r["val_accuracy"])) for r in rows if r["stage"] == "linear")
 
 
 def test_readme_python_snippet_runs():

@@ -40,7 +40,6 @@ from keras_supcon.compression.prune import (
     parse_m_by_n,
     prunable_layers,
     prune_classifier,
-    recalibrate_batchnorm,
     sparsity_table,
 )
 from keras_supcon.compression.quantize import convert_tflite, tflite_predict
@@ -60,6 +59,7 @@ from keras_supcon.data import load_dataset, supervised_batches
 from keras_supcon.evaluation.tables import markdown_table
 from keras_supcon.errors import ConfigError, RunDirError, check_choice
 from keras_supcon.evaluation import classification_metrics, predict
+from keras_supcon.models.batchnorm import precise_batchnorm
 from keras_supcon.training.rundir import CONFIG_FILE, RunDir
 from keras_supcon.training.run import TrainConfig
 
@@ -265,7 +265,7 @@ class _Context:
                                 rewind_epoch=cfg.rewind_epoch, train_epochs=cfg.train_epochs,
                                 retrain_epochs=cfg.epochs)
         for key in ("one_shot", "ticket"):  # as the tfmot path does
-            recalibrate_batchnorm(models[key], self.calibration_ds)
+            precise_batchnorm(models[key], self.calibration_ds)
         comparison = {}
         for key, label in (("dense", "dense network trained for the ticket"),
                            ("one_shot", "one-shot magnitude pruning of it, fine-tuned")):

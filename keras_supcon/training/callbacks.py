@@ -6,6 +6,8 @@ import io
 import keras
 import numpy as np
 
+from keras_supcon.models.batchnorm import precise_batchnorm
+
 HISTORY_FILE = "history.csv"
 
 
@@ -49,15 +51,20 @@ class HistoryCSV(keras.callbacks.Callback):
         self._write(read_history(self.run) + [row])
 
     def _write(self, rows):
-        columns = ["stage", "epoch"]
-        for row in rows:
-            columns += [k for k in row if k not in columns]
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=columns, restval="", lineterminator="\n")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
-        self.run.write_text(HISTORY_FILE, buf.getvalue())
+        write_history(self.run, rows)
+
+
+def write_history(run, rows):
+    """Write ``rows`` (dicts with ``stage`` and ``epoch`` first) as ``history.csv``, atomically."""
+    columns = ["stage", "epoch"]
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, restval="", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+    run.write_text(HISTORY_FILE, buf.getvalue())
 
 
 def stage_callbacks(run, stage, *, monitor, mode, epochs, patience=None):
@@ -73,3 +80,17 @@ def stage_callbacks(run, stage, *, monitor, mode, epochs, patience=None):
                                       patience=patience if patience else epochs + 1,
                                       restore_best_weights=True, verbose=1),
     ]
+
+
+class PreciseBatchNorm(keras.callbacks.Callback):
+    """Recompute the BatchNorm statistics of ``target`` (the model being trained, or
+    the part of it that holds the BatchNorm layers) over ``max_batches`` clean
+    training batches before each validation pass of ``fit``, so that validation
+    and model selection see the statistics the test will see."""
+
+    def __init__(self, target, batches, max_batches):
+        super().__init__()
+        self.target, self.batches, self.max_batches = target, batches, max_batches
+
+    def on_test_begin(self, logs=None):
+        precise_batchnorm(self.target, self.batches, max_batches=self.max_batches)

@@ -58,7 +58,17 @@ from keras_supcon.models import (
     get_backbone,
 )
 from keras_supcon.models.backbones import normalize_weights, resolve_image_size
-from keras_supcon.training.callbacks import read_history, stage_callbacks
+from keras_supcon.models.batchnorm import (
+    batchnorm_layers,
+    precise_batchnorm,
+    set_batchnorm_momentum,
+)
+from keras_supcon.training.callbacks import (
+    PreciseBatchNorm,
+    read_history,
+    stage_callbacks,
+    write_history,
+)
 from keras_supcon.training.distribute import (
     check_global_batch,
     check_strategy,
@@ -66,22 +76,26 @@ from keras_supcon.training.distribute import (
     precision_policy,
 )
 from keras_supcon.training.optim import OPTIMIZERS, make_optimizer
+from keras_supcon.training.probe import fit_linear_probe
 from keras_supcon.training.rundir import CONFIG_FILE, RunDir, open_run
 
 log = logging.getLogger(__name__)
+
+PROBE_FILE = "probe.json"  # the linear probe's C grid and choice (lbfgs solver)
 
 PRETRAIN_LOSSES = ("supcon", "simclr", "npairs", "triplet", "barlow")  # then a frozen-encoder probe
 END_TO_END_LOSSES = ("ce", "center")  # one cross-entropy stage
 LOSSES = PRETRAIN_LOSSES + END_TO_END_LOSSES
 DEFAULT_TEMPERATURE = {"supcon": 0.1, "simclr": 0.1, "npairs": 0.05}
 PROBES = ("linear", "nn")
+PROBE_SOLVERS = ("lbfgs", "sgd")
 # Settings used by some losses only; any other setting applies to every run.
 LOSS_SETTINGS = {
     "temperature": tuple(DEFAULT_TEMPERATURE), "variant": ("supcon",),
     "margin": ("triplet",), "mining": ("triplet",), "squared_distance": ("triplet",),
     "barlow_lambda": ("barlow",), "center_weight": ("center",), "center_alpha": ("center",),
     **dict.fromkeys(("views", "projection_dim", "head_hidden", "linear_epochs", "linear_lr",
-                     "probe", "probe_hidden"), PRETRAIN_LOSSES),
+                     "probe", "probe_hidden", "probe_solver"), PRETRAIN_LOSSES),
 }
 
 
@@ -113,6 +127,9 @@ class TrainConfig:
     head_hidden: int = 512  # barlow: width of the projector's hidden layers
     probe: str = "linear"  # classifier on the frozen encoder: linear | nn
     probe_hidden: int = 512  # width of the nn probe's hidden layer
+    # linear probe: "lbfgs" (logistic regression on cached features, C chosen on the
+    # validation split) or "sgd" (model.fit on augmented images, linear_epochs / linear_lr)
+    probe_solver: str = "lbfgs"
     epochs: int = 5
     linear_epochs: int = 5
     batch_size: int = 64
@@ -125,6 +142,8 @@ class TrainConfig:
     augment: bool = True  # crop-and-flip augmentation in the classifier stages
     warmup_fraction: float = 0.1
     early_stopping: int = None  # patience in epochs; None: run all epochs, keep the best
+    bn_momentum: float = 0.9  # of every BatchNorm layer (Keras' default 0.99 lags in short runs)
+    precise_bn_batches: int = 100  # BatchNorm statistics recomputed over N clean batches; 0: off
     val_fraction: float = 0.1
     seed: int = 0
     mixed_precision: bool = False
@@ -172,6 +191,10 @@ class TrainConfig:
             raise ConfigError(f"l2 must be >= 0; got {self.l2}")
         if self.clipnorm is not None and not self.clipnorm > 0:
             raise ConfigError(f"gradient clipping norm must be > 0; got {self.clipnorm}")
+        if not 0 <= self.bn_momentum < 1:
+            raise ConfigError(f"BatchNorm momentum must be in [0, 1); got {self.bn_momentum}")
+        if self.precise_bn_batches < 0:
+            raise ConfigError(f"precise-BN batches must be >= 0; got {self.precise_bn_batches}")
         if self.early_stopping is not None and self.early_stopping < 1:
             raise ConfigError(f"early-stopping patience must be >= 1; got {self.early_stopping}")
         if self.out is None:
@@ -192,6 +215,7 @@ class TrainConfig:
             raise ConfigError(f"center update rate alpha must be in (0, 1]; "
                               f"got {self.center_alpha}")
         check_choice(self.probe, PROBES, "probe")
+        check_choice(self.probe_solver, PROBE_SOLVERS, "probe solver")
 
 
 def library_versions():
@@ -225,8 +249,20 @@ def _steps(num_examples, batch_size, drop_remainder):
     return max(num_examples // batch_size if drop_remainder else -(-num_examples // batch_size), 1)
 
 
+def _clean_batches(config, data):
+    """Un-augmented, shuffled training batches: what precise BatchNorm statistics are
+    computed over."""
+    return supervised_batches(data.train, config.image_size, config.batch_size, shuffle=True,
+                              seed=config.seed, cache=config.cache,
+                              num_examples=data.sizes["train"],
+                              drop_remainder=config.strategy == "data-parallel")
+
+
 def _fit(model, loss, metrics, train_ds, val_ds, *, run, stage, epochs, steps, lr, monitor,
-         mode, config, extra_callbacks=()):
+         mode, config, extra_callbacks=(), precise_bn=None):
+    """``model.fit`` as stage ``stage`` of ``run``. ``precise_bn=(target, data)``: the
+    BatchNorm statistics of ``target`` are recomputed over clean training batches
+    before each validation pass and at the end (``config.precise_bn_batches``)."""
     model.compile(
         optimizer=make_optimizer(config.optimizer, lr, total_steps=epochs * steps,
                                  weight_decay=config.weight_decay,
@@ -237,10 +273,17 @@ def _fit(model, loss, metrics, train_ds, val_ds, *, run, stage, epochs, steps, l
     )
     callbacks = stage_callbacks(run, stage, monitor=monitor, mode=mode, epochs=epochs,
                                 patience=config.early_stopping) + list(extra_callbacks)
+    calibrate = precise_bn is not None and config.precise_bn_batches > 0
+    if calibrate:
+        target, data = precise_bn
+        clean = _clean_batches(config, data)
+        callbacks.insert(0, PreciseBatchNorm(target, clean, config.precise_bn_batches))
     log.info("stage %s: %d epochs of %d steps", stage, epochs, steps)
     # shuffle=False: the tf.data pipelines shuffle themselves.
     model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks,
               verbose=config.verbose, shuffle=False)
+    if calibrate:  # the weights kept (best epoch) with statistics of their own
+        precise_batchnorm(target, clean, max_batches=config.precise_bn_batches)
 
 
 def _pretrain(config, data, run, encoder):
@@ -256,10 +299,12 @@ def _pretrain(config, data, run, encoder):
         head = build_barlow_projector(features, config.head_hidden, config.projection_dim)
     else:
         head = build_projection_head(features, config.head_hidden, config.projection_dim)
+    set_batchnorm_momentum(head, config.bn_momentum)
     model = build_contrastive_model(encoder, head, views=config.views)
     _fit(model, pretraining_loss(config), None, train_ds, val_ds, run=run, stage="pretrain",
          epochs=config.epochs, steps=_steps(n_train, config.batch_size, True), lr=config.lr,
-         monitor="val_loss" if val_ds is not None else "loss", mode="min", config=config)
+         monitor="val_loss" if val_ds is not None else "loss", mode="min", config=config,
+         precise_bn=(encoder, data))
 
 
 def center_loss_model(classifier, num_classes, weight, alpha):
@@ -293,13 +338,17 @@ def train_classifier(config, data, run, classifier, stage, epochs, lr, extra_cal
                                   drop_remainder=whole)
     val_ds = supervised_batches(data.val, config.image_size, config.batch_size,
                                 cache=config.cache, drop_remainder=whole)
+    inference_model = classifier  # images -> probabilities
     if config.loss == "center" and stage == "ce":
         classifier = center_loss_model(classifier, data.num_classes, config.center_weight,
                                        config.center_alpha)
         train_ds, val_ds = _labels_as_input(train_ds), _labels_as_input(val_ds)
+    # A frozen encoder's BatchNorm does not train: its statistics were made precise before.
+    trains_bn = any(layer.trainable for layer in batchnorm_layers(classifier))
     _fit(classifier, "sparse_categorical_crossentropy", ["accuracy"], train_ds, val_ds, run=run,
          stage=stage, epochs=epochs, steps=_steps(n_train, config.batch_size, whole), lr=lr,
-         monitor="val_accuracy", mode="max", config=config, extra_callbacks=extra_callbacks)
+         monitor="val_accuracy", mode="max", config=config, extra_callbacks=extra_callbacks,
+         precise_bn=(inference_model, data) if trains_bn else None)
 
 
 def train(config=None, *, resume=False, overwrite=False, **settings):
@@ -347,11 +396,11 @@ def _train_stages(config, run, resume):
         classifier = keras.models.load_model(run.file("classifier.keras"))
         encoder = classifier.get_layer(f"encoder_{config.backbone}")
     elif end_to_end:
-        encoder = build_encoder(config.backbone, config.image_size, config.weights)
+        encoder = _new_encoder(config)
     elif run.stage_done("pretrain"):
         encoder = keras.models.load_model(run.file("encoder.keras"))
     else:
-        encoder = build_encoder(config.backbone, config.image_size, config.weights)
+        encoder = _new_encoder(config)
         _pretrain(config, data, run, encoder)
         run.save_model(encoder, "encoder.keras")
         run.mark_stage_done("pretrain")
@@ -368,13 +417,25 @@ def _train_stages(config, run, resume):
     return data, encoder, classifier
 
 
+def _new_encoder(config):
+    encoder = build_encoder(config.backbone, config.image_size, config.weights)
+    return set_batchnorm_momentum(encoder, config.bn_momentum)
+
+
 def _train_probe(config, data, run, encoder):
     """Stage ``linear``: the ``config.probe`` classifier on the frozen ``encoder``."""
     freeze(encoder)
     classifier = build_classifier(encoder, data.num_classes, l2=config.l2,
                                   hidden=config.probe_hidden if config.probe == "nn" else None)
-    train_classifier(config, data, run, classifier, "linear", config.linear_epochs,
-                     config.linear_lr)
+    if config.probe == "linear" and config.probe_solver == "lbfgs":
+        report = fit_linear_probe(classifier, encoder, data, config.image_size,
+                                  verbose=config.verbose)
+        write_history(run, read_history(run) + [
+            {"stage": "linear", "epoch": i + 1, **row} for i, row in enumerate(report["grid"])])
+        run.write_json(PROBE_FILE, report)
+    else:
+        train_classifier(config, data, run, classifier, "linear", config.linear_epochs,
+                         config.linear_lr)
     run.save_model(classifier, "classifier.keras")
     run.mark_stage_done("linear")
     return classifier
@@ -432,6 +493,9 @@ def evaluate_run(config, data, run, classifier, encoder):
     metrics = classification_metrics(labels, probs, data.class_names)
     metrics.update(dataset=data.name, backbone=config.backbone, loss=config.loss,
                    split_sizes=data.sizes)
+    if run.file(PROBE_FILE).exists():
+        probe = run.read_json(PROBE_FILE)
+        metrics["probe"] = {k: probe[k] for k in ("protocol", "C", "val_accuracy")}
     title = (f"{data.name} | {config.backbone} | {config.loss} | "
              f"test accuracy {metrics['accuracy']:.3f}")
 

@@ -1,0 +1,89 @@
+"""The linear probe on a frozen encoder, fitted to convergence on cached features.
+
+Frozen features do not change: they are extracted once (after the encoder's
+BatchNorm statistics are made precise), standardised, and a multinomial logistic
+regression is fitted by L-BFGS for each L2 strength of a grid; the strength with
+the best validation accuracy is kept (the linear-probe protocol of Radford et al.
+2021, "CLIP"). The fitted weights, with the standardisation folded in, become the
+``probabilities`` layer of the Keras classifier that is saved and exported.
+"""
+
+import logging
+
+import numpy as np
+import tensorflow as tf
+
+from keras_supcon.data.pipeline import resize_images
+
+log = logging.getLogger(__name__)
+
+# Inverse L2 strengths C tried (scikit-learn: C x sum of losses + ||W||^2 / 2).
+C_GRID = tuple(float(c) for c in np.logspace(-3, 3, 7))
+MAX_ITER = 1000
+
+
+def encode(encoder, split, image_size, *, batch_size=256, verbose=0):
+    """Features and labels of a split of ``(uint8 image, label)``: ``(float64 [N, F],
+    int [N])``. The last batch is padded to a full one (and the padding dropped), so
+    that every batch can be sharded over devices (``keras.distribution``)."""
+    labels = np.concatenate([np.asarray(y) for y in split.map(lambda x, y: y).batch(4096)])
+    n = len(labels)
+    images = resize_images(split, image_size).map(lambda x, y: x)
+    padding = tf.data.Dataset.from_tensors(tf.zeros([image_size, image_size, 3])).repeat(
+        -n % batch_size)
+    batches = images.concatenate(padding).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    features = encoder.predict(batches, verbose=verbose)[:n]
+    return np.asarray(features, dtype=np.float64), labels.astype(int)
+
+
+def fit_logistic_probe(train, val, num_classes, *, grid=C_GRID, max_iter=MAX_ITER):
+    """L-BFGS logistic regression on standardised features for each C of ``grid``;
+    keeps the C with the best validation accuracy (ties: the smaller C).
+
+    ``train`` / ``val``: ``(features [N, F], labels [N])``. Returns ``(kernel [F, K],
+    bias [K], report)``, kernel and bias acting on the raw features, and ``report``
+    with one row per C (train / validation accuracy) and the chosen C.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    (x, y), (xv, yv) = train, val
+    mean = x.mean(axis=0)
+    scale = x.std(axis=0)
+    scale[scale < 1e-8] = 1.0  # a constant feature: left as it is
+    z, zv = (x - mean) / scale, (xv - mean) / scale
+    rows, best = [], None
+    for c in grid:
+        model = LogisticRegression(C=c, max_iter=max_iter)
+        model.fit(z, y)
+        row = {"C": c, "accuracy": float(model.score(z, y)),
+               "val_accuracy": float(model.score(zv, yv)) if len(yv) else float("nan"),
+               "iterations": int(np.max(model.n_iter_))}
+        rows.append(row)
+        if best is None or row["val_accuracy"] > best[0]["val_accuracy"]:
+            best = (row, model)
+    row, model = best
+    # every class present in training: coef_ is [K, F]; otherwise map the classes seen
+    coef = np.zeros((num_classes, x.shape[1]))
+    intercept = np.full(num_classes, -1e4)  # a class never seen in training: never predicted
+    coef[model.classes_] = model.coef_
+    intercept[model.classes_] = model.intercept_
+    kernel = (coef / scale).T
+    bias = intercept - (coef / scale) @ mean
+    report = {"protocol": "L-BFGS logistic regression on cached, standardised features; "
+                          "C chosen on the validation split",
+              "C": row["C"], "val_accuracy": row["val_accuracy"], "grid": rows}
+    return kernel, bias, report
+
+
+def fit_linear_probe(classifier, encoder, data, image_size, *, batch_size=256, verbose=0):
+    """Fit the ``probabilities`` layer of ``classifier`` (a linear softmax on the frozen
+    ``encoder``) by :func:`fit_logistic_probe` on the train / validation splits of
+    ``data``; returns the report."""
+    train = encode(encoder, data.train, image_size, batch_size=batch_size, verbose=verbose)
+    val = encode(encoder, data.val, image_size, batch_size=batch_size, verbose=verbose)
+    kernel, bias, report = fit_logistic_probe(train, val, data.num_classes)
+    layer = classifier.get_layer("probabilities")
+    layer.set_weights([kernel.astype("float32"), bias.astype("float32")])
+    log.info("linear probe: C = %g, validation accuracy %.4f", report["C"],
+             report["val_accuracy"])
+    return report
