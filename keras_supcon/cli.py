@@ -39,10 +39,11 @@ def add_training_arguments(p, *, single_run=True):
     ``single_run=False`` (the ablation) leaves out ``--backbone`` and ``--loss``,
     which the caller replaces by lists.
     """
+    from keras_supcon.data.augment import POLICIES
     from keras_supcon.models.backbones import BACKBONES
     from keras_supcon.losses.triplet import MINING
     from keras_supcon.training.distribute import STRATEGIES
-    from keras_supcon.training.run import LOSSES, PROBES, TrainConfig
+    from keras_supcon.training.run import LOSSES, PROBE_FITS, PROBES, TrainConfig
 
     d = TrainConfig()
     data = p.add_argument_group("data")
@@ -72,23 +73,30 @@ def add_training_arguments(p, *, single_run=True):
                        help="classifier on the frozen pre-trained encoder: linear softmax, or "
                             "nn (one hidden ReLU layer of --probe-hidden units)")
     model.add_argument("--probe-hidden", type=int, default=d.probe_hidden)
-    model.add_argument("--probe-solver", default=d.probe_solver, choices=("lbfgs", "sgd"),
-                       help="linear probe: lbfgs (logistic regression on cached features, "
-                            "L2 strength chosen on validation) or sgd (model.fit on augmented "
-                            "images for --linear-epochs)")
+    model.add_argument("--probe-fit", default=d.probe_fit, choices=PROBE_FITS,
+                       help="cached: the frozen encoder's features extracted once, the "
+                            "linear probe fitted by L-BFGS logistic regression (L2 strength "
+                            "chosen on validation), the nn probe by Adam for --probe-epochs; "
+                            "images: model.fit on augmented images for --linear-epochs")
+    model.add_argument("--probe-epochs", type=int, default=d.probe_epochs,
+                       help="nn probe on cached features: epochs (best validation kept)")
     train = p.add_argument_group("training")
     if single_run:
         train.add_argument("--loss", default=d.loss, choices=LOSSES,
                            help="pre-training loss (supcon, simclr, npairs, triplet, barlow: "
                                 "then a probe on the frozen encoder), or an end-to-end one: "
-                                "ce (cross-entropy), center (cross-entropy + center loss)")
+                                "ce (cross-entropy), center (cross-entropy + center loss), "
+                                "supcon+ce (cross-entropy + --supcon-weight x SupCon)")
     train.add_argument("--temperature", type=float, default=None,
-                       help="default 0.1 (supcon, simclr), 0.05 (npairs)")
+                       help="default 0.1 (supcon, simclr, supcon+ce), 0.05 (npairs)")
+    train.add_argument("--supcon-weight", type=float, default=d.supcon_weight,
+                       help="supcon+ce: w in CE + w * SupCon")
     train.add_argument("--variant", default=d.variant, choices=("out", "in"),
                        help="SupCon eq. 2 (out) or eq. 3 (in)")
     train.add_argument("--margin", type=float, default=d.margin, help="triplet margin")
     train.add_argument("--mining", default=d.mining, choices=MINING,
-                       help="triplet mining: batch-hard, all valid triplets, or random")
+                       help="triplet mining: semi-hard (FaceNet), batch-hard, all valid triplets, "
+                            "or random")
     train.add_argument("--squared-distance", action="store_true",
                        help="triplet on squared Euclidean distances")
     train.add_argument("--barlow-lambda", type=float, default=d.barlow_lambda,
@@ -112,8 +120,22 @@ def add_training_arguments(p, *, single_run=True):
                        help="L2 penalty on the classifier's kernels (l2 * sum w^2)")
     train.add_argument("--clipnorm", type=float, default=None,
                        help="clip the gradients to this global L2 norm")
-    train.add_argument("--no-augment", dest="augment", action="store_false",
-                       help="no crop-and-flip augmentation in the classifier stages")
+    aug = p.add_argument_group("augmentation")
+    aug.add_argument("--augmentation", default=None, choices=list(POLICIES),
+                     help="named policy of the views (the classifier stages use its crops "
+                          "and flips only); default: the data source's (digits: digits, "
+                          "no flips and milder crops; otherwise simclr)")
+    aug.add_argument("--crop-scale", type=float, default=None, metavar="MIN_AREA",
+                     help="override: smallest area fraction of a random crop, in (0, 1]")
+    aug.add_argument("--flip", dest="flip", action="store_true", default=None,
+                     help="override: random horizontal flips on")
+    aug.add_argument("--no-flip", dest="flip", action="store_false",
+                     help="override: no horizontal flips")
+    aug.add_argument("--jitter", type=float, default=None, metavar="S",
+                     help="override: colour-jitter strength (brightness, contrast, "
+                          "saturation S, hue S/4; 0: none)")
+    aug.add_argument("--no-augment", dest="augment", action="store_false",
+                     help="no augmentation in the classifier stages")
     train.add_argument("--warmup-fraction", type=float, default=d.warmup_fraction)
     train.add_argument("--early-stopping", type=int, default=None, metavar="PATIENCE",
                        help="stop a stage after PATIENCE epochs without validation "

@@ -12,7 +12,13 @@ from keras_supcon.data import (
     load_dataset,
     supervised_batches,
 )
-from keras_supcon.data.augment import augment_batch
+from keras_supcon.data.augment import (
+    CONTRASTIVE_POLICY,
+    POLICIES,
+    augment_batch,
+    default_policy_name,
+    get_policy,
+)
 from keras_supcon.errors import ConfigError, DataError, OfflineError
 
 
@@ -164,3 +170,39 @@ def test_augmentation_pieces():
     out = augment_batch(images, flip).numpy()
     for o, i in zip(out, images.numpy()):
         assert np.allclose(o, i, atol=1e-3) or np.allclose(o, i[:, ::-1], atol=1e-3)
+
+
+def test_named_policies_and_source_defaults():
+    assert set(POLICIES) >= {"simclr", "digits", "weak", "none"}
+    assert default_policy_name("digits") == "digits"
+    assert default_policy_name("cifar10_subset") == default_policy_name("cifar10") == "simclr"
+    digits = get_policy("digits")
+    assert not digits.flip and digits.crop_scale[0] >= 0.5 and not digits.saturation
+    assert get_policy("simclr") == CONTRASTIVE_POLICY and get_policy("simclr").flip
+    # the classifier stages' form: the same crops and flips, no colour changes
+    weak = get_policy("simclr").weak()
+    assert weak.crop_scale == (0.5, 1.0) and weak.flip and weak.jitter_prob == 0
+    assert digits.weak().crop_scale == digits.crop_scale and not digits.weak().flip
+    # overrides
+    custom = get_policy("simclr", crop_scale=0.3, flip=False, jitter=0.2)
+    assert custom.crop_scale == (0.3, 1.0) and not custom.flip
+    assert (custom.brightness, custom.saturation, custom.hue) == (0.2, 0.2, 0.05)
+    assert get_policy("simclr", jitter=0).jitter_prob == 0
+    assert get_policy("none").is_identity
+    with pytest.raises(ConfigError, match="unknown augmentation policy 'photo'; choose one of"):
+        get_policy("photo")
+    with pytest.raises(ConfigError, match=r"crop scale must be in \(0, 1\]; got 0"):
+        get_policy("digits", crop_scale=0)
+    with pytest.raises(ConfigError, match="colour-jitter strength must be >= 0"):
+        get_policy("digits", jitter=-1)
+
+
+def test_digits_policy_never_mirrors_and_none_is_identity():
+    # an image whose left half is bright: a mirror would have a bright right half
+    images = np.zeros((64, 12, 12, 3), np.float32)
+    images[:, :, :6] = 200.0
+    out = augment_batch(tf.constant(images), get_policy("digits")).numpy()
+    assert np.all(out[:, :, :4].mean(axis=(1, 2, 3)) > out[:, :, -4:].mean(axis=(1, 2, 3)))
+    flipped = augment_batch(tf.constant(images), get_policy("simclr", jitter=0)).numpy()
+    assert np.any(flipped[:, :, :4].mean(axis=(1, 2, 3)) < flipped[:, :, -4:].mean(axis=(1, 2, 3)))
+    np.testing.assert_array_equal(augment_batch(tf.constant(images), POLICIES["none"]), images)

@@ -232,3 +232,49 @@ def test_supcon_loss_in_model_fit_decreases():
     losses = history.history["loss"]
     assert all(np.isfinite(losses))
     assert losses[-1] < 0.9 * losses[0]
+
+
+# ----------------------------------------------------------------- CE + SupCon
+def _tiny_joint_model(views, classes=3, size=4):
+    from keras_supcon.models import build_classifier, build_joint_model
+
+    inputs = keras.Input((size, size, 3), name="images")
+    features = keras.layers.Dense(6, name="features")(keras.layers.Flatten()(inputs))
+    encoder = keras.Model(inputs, features, name="encoder_tiny")
+    head_in = keras.Input((6,))
+    head = keras.Model(head_in, keras.layers.Dense(5)(head_in), name="projection_head")
+    classifier = build_classifier(encoder, classes)
+    return build_joint_model(encoder, head, classifier, views=views), classifier
+
+
+@pytest.mark.parametrize("views", [1, 2, 3])
+@pytest.mark.parametrize("weight", [0.0, 0.3, 2.0])
+def test_joint_loss_is_ce_plus_weight_times_supcon(views, weight):
+    from keras_supcon.losses import joint_loss, joint_targets
+
+    keras.utils.set_random_seed(views)
+    rng = np.random.default_rng(views)
+    model, classifier = _tiny_joint_model(views)
+    model.compile(optimizer="sgd", **joint_loss(weight, temperature=0.2, variant="out"))
+    x = rng.normal(size=(8, views, 4, 4, 3)).astype("float32")
+    labels = np.array([0, 1, 2, 0, 1, 2, 0, 0])
+    inputs, targets = joint_targets(tf.constant(x), tf.constant(labels))
+    np.testing.assert_array_equal(targets["probabilities"], np.repeat(labels[:, None], views, 1))
+    got = model.evaluate(inputs, targets, batch_size=8, return_dict=True, verbose=0)
+    out = model(x)
+    probs = np.asarray(out["probabilities"], dtype=np.float64)   # [B, V, K]
+    # the softmax of each view is the classifier's on that view's image
+    np.testing.assert_allclose(probs[:, -1], classifier(x[:, -1]), rtol=1e-5, atol=1e-6)
+    ce = float(np.mean([-math.log(probs[b, v, labels[b]])
+                        for b in range(8) for v in range(views)]))
+    supcon = ref_supcon(np.asarray(out["projections"], np.float64), labels, 0.2, "out")
+    np.testing.assert_allclose(got["probabilities_loss"], ce, rtol=1e-5)
+    np.testing.assert_allclose(got["projections_loss"], supcon, rtol=1e-5)
+    np.testing.assert_allclose(got["loss"], ce + weight * supcon, rtol=1e-5)
+
+
+def test_joint_loss_rejects_a_negative_weight():
+    from keras_supcon.losses import joint_loss
+
+    with pytest.raises(ValueError, match="supcon_weight must be >= 0; got -1"):
+        joint_loss(-1)

@@ -51,6 +51,16 @@ def ref_triplet(emb, labels, margin, mining, squared, drawn=None):
         d = [[math.sqrt(x) for x in row] for row in d]
     pos = [[p for p in range(n) if p != a and lab[p] == lab[a]] for a in range(n)]
     neg = [[q for q in range(n) if lab[q] != lab[a]] for a in range(n)]
+    if mining == "semihard":
+        values = []
+        for a in range(n):
+            if not neg[a]:
+                continue
+            for p in pos[a]:
+                farther = [d[a][q] for q in neg[a] if d[a][q] > d[a][p]]
+                d_an = min(farther) if farther else max(d[a][q] for q in neg[a])
+                values.append(max(d[a][p] - d_an + margin, 0.0))
+        return sum(values) / len(values) if values else 0.0
     if mining == "all":
         values = [max(d[a][p] - d[a][q] + margin, 0.0)
                   for a in range(n) for p in pos[a] for q in neg[a]]
@@ -115,7 +125,7 @@ TRIPLET_CASES = [((4, 16), 0.2), ((7, 3), 1.0), ((12, 3), 0.5), ((4, 2, 16), 0.0
 @pytest.mark.parametrize("case", TRIPLET_CASES, ids=lambda c: f"{c[0]}-m{c[1]}")
 @pytest.mark.parametrize("pattern", sorted(LABEL_PATTERNS))
 @pytest.mark.parametrize("squared", [False, True], ids=["euclid", "squared"])
-@pytest.mark.parametrize("mining", ["hard", "all", "random"])
+@pytest.mark.parametrize("mining", ["semihard", "hard", "all", "random"])
 def test_triplet_matches_reference(case, pattern, squared, mining):
     shape, margin = case
     rng = np.random.default_rng(zlib.crc32(repr((shape, pattern, squared, mining)).encode()))
@@ -139,7 +149,7 @@ def test_triplet_matches_reference(case, pattern, squared, mining):
     np.testing.assert_allclose(grad, numeric_grad(reference, emb), rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("mining", ["hard", "all", "random"])
+@pytest.mark.parametrize("mining", ["semihard", "hard", "all", "random"])
 @pytest.mark.parametrize("squared", [False, True])
 def test_triplet_without_valid_anchor_is_zero_with_zero_gradient(mining, squared):
     rng = np.random.default_rng(0)
@@ -151,7 +161,7 @@ def test_triplet_without_valid_anchor_is_zero_with_zero_gradient(mining, squared
         assert value == 0.0 and np.all(grad == 0)
 
 
-@pytest.mark.parametrize("mining", ["hard", "all", "random"])
+@pytest.mark.parametrize("mining", ["semihard", "hard", "all", "random"])
 def test_triplet_gradient_finite_at_coincident_embeddings(mining):
     # Each class: two identical points; classes closer than the margin (active hinges).
     base = 1.0 + 0.05 * np.random.default_rng(1).normal(size=(3, 5))
@@ -169,7 +179,7 @@ def test_triplet_gradient_finite_at_coincident_embeddings(mining):
                                    ref_triplet(emb, labels, 0.2, mining, False), rtol=1e-6)
 
 
-@pytest.mark.parametrize("mining", ["hard", "all"])
+@pytest.mark.parametrize("mining", ["semihard", "hard", "all"])
 @pytest.mark.parametrize("margin", [0.0, 0.1, 0.7, 2.0])
 def test_triplet_margins(mining, margin):
     rng = np.random.default_rng(2)
@@ -210,7 +220,7 @@ def test_triplet_loss_class_matches_function_and_serialises():
     rng = np.random.default_rng(4)
     emb = rng.normal(size=(10, 2, 6)).astype("float32")
     labels = rng.integers(0, 3, size=10)
-    for kwargs in [dict(mining="hard"), dict(mining="all", margin=0.5, squared=True)]:
+    for kwargs in [dict(), dict(mining="hard"), dict(mining="all", margin=0.5, squared=True)]:
         loss = TripletLoss(**kwargs)
         value = float(loss(labels, emb))
         np.testing.assert_allclose(value, float(triplet_loss(labels, emb, **kwargs)), rtol=1e-6)
@@ -236,9 +246,34 @@ def test_triplet_random_mining_in_model_fit():
     assert np.all(np.isfinite(history.history["loss"]))
 
 
+def test_semihard_picks_the_nearest_negative_beyond_the_positive():
+    # 1-D points on the unit circle's x axis are all +-1 after normalisation: use angles.
+    # anchor 0 at angle 0, positive 1 at 0.3 rad; negatives at 0.1 (hard), 0.5 and 0.9 rad.
+    angles = np.array([0.0, 0.3, 0.1, 0.5, 0.9])
+    emb = np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    labels = np.array([0, 0, 1, 1, 1])
+    chord = lambda a, b: 2 * np.sin(abs(a - b) / 2)  # noqa: E731
+    # anchor 0: positive at 0.3 -> semi-hard negative 0.5 (not the hard 0.1);
+    # anchor 1: positive at 0.0 -> nearest negative farther than chord(0.3): 0.9 (chord 0.6).
+    # Negatives 2, 3, 4 are anchors too: positives 3, 4 / 2, 4 / 2, 3, each against the
+    # negatives 0 and 1.
+    margin = 0.5
+    expected = []
+    for a, p in [(0, 1), (1, 0), (2, 3), (2, 4), (3, 2), (3, 4), (4, 2), (4, 3)]:
+        d_ap = chord(angles[a], angles[p])
+        negs = [chord(angles[a], angles[n]) for n in range(5) if labels[n] != labels[a]]
+        farther = [x for x in negs if x > d_ap]
+        d_an = min(farther) if farther else max(negs)
+        expected.append(max(d_ap - d_an + margin, 0))
+    assert expected[0] == pytest.approx(max(chord(0, .3) - chord(0, .5) + margin, 0))
+    got = float(triplet_loss(labels, emb, margin=margin, mining="semihard"))
+    np.testing.assert_allclose(got, np.mean(expected), rtol=1e-6)
+
+
 def test_triplet_rejects_bad_arguments():
     emb, labels = np.zeros((4, 3)), [0, 0, 1, 1]
-    with pytest.raises(ValueError, match=r"mining must be one of \('hard', 'all', 'random'\)"):
+    with pytest.raises(ValueError, match=r"mining must be one of \('semihard', 'hard', "
+                                         r"'all', 'random'\)"):
         triplet_loss(labels, emb, mining="semi-hard")
     with pytest.raises(ValueError, match="margin must be >= 0; got -0.1"):
         triplet_loss(labels, emb, margin=-0.1)

@@ -61,7 +61,7 @@ from keras_supcon.errors import ConfigError, RunDirError, check_choice
 from keras_supcon.evaluation import classification_metrics, predict
 from keras_supcon.models.batchnorm import precise_batchnorm
 from keras_supcon.training.rundir import CONFIG_FILE, RunDir
-from keras_supcon.training.run import TrainConfig
+from keras_supcon.training.run import TrainConfig, augmentation_policies
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,11 @@ class _Context:
         self.test_ds = supervised_batches(self.data.test, size, 256)
         self.val_ds = supervised_batches(self.data.val, size, 256)
         self.calibration_ds = supervised_batches(self.data.train, size, batch)
-        self.train_ds = supervised_batches(self.data.train, size, batch, augment=True,
+        # fine-tuning augments as the run's classifier stages did
+        self.train_ds = supervised_batches(self.data.train, size, batch,
+                                           augment=self.train_config.augment,
+                                           policy=augmentation_policies(self.train_config,
+                                                                        self.data)[1],
                                            shuffle=True, seed=self.train_config.seed,
                                            num_examples=self.data.sizes["train"])
         self.names = prunable_layers(self.classifier, layers=config.layers,

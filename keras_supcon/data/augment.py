@@ -5,10 +5,13 @@ per image, so one call augments a batch the way a per-image map would, at the
 cost of a few batched kernels instead of B small ones.
 """
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass
 
 import tensorflow as tf
+
+from keras_supcon.errors import ConfigError, check_choice
 
 
 @dataclass(frozen=True)
@@ -29,11 +32,74 @@ class AugmentPolicy:
     def to_dict(self):
         return asdict(self)
 
+    @property
+    def is_identity(self):
+        return (tuple(self.crop_scale) == (1.0, 1.0) and tuple(self.crop_ratio) == (1.0, 1.0)
+                and not self.flip and not self.jitter_prob and not self.grayscale_prob)
+
+    def weak(self):
+        """This policy for the classifier stages: its crops (at least half the area) and
+        flips, no colour changes."""
+        low, high = self.crop_scale
+        return dataclasses.replace(self, crop_scale=(max(low, 0.5), high), brightness=0.0,
+                                   contrast=0.0, saturation=0.0, hue=0.0, jitter_prob=0.0,
+                                   grayscale_prob=0.0)
+
+    def override(self, *, crop_scale=None, flip=None, jitter=None):
+        """This policy with parts replaced: ``crop_scale`` the smallest area fraction of a
+        crop, ``flip`` horizontal flips on / off, ``jitter`` the colour-jitter strength
+        ``s`` (brightness, contrast, saturation ``s``, hue ``s / 4``; 0: none)."""
+        policy = self
+        if crop_scale is not None:
+            if not 0 < crop_scale <= 1:
+                raise ConfigError(f"crop scale must be in (0, 1]; got {crop_scale}")
+            policy = dataclasses.replace(policy, crop_scale=(float(crop_scale), 1.0))
+        if flip is not None:
+            policy = dataclasses.replace(policy, flip=bool(flip))
+        if jitter is not None:
+            if jitter < 0:
+                raise ConfigError(f"colour-jitter strength must be >= 0; got {jitter}")
+            keep = policy.jitter_prob or 0.8
+            policy = dataclasses.replace(policy, brightness=jitter, contrast=jitter,
+                                         saturation=jitter, hue=min(jitter / 4, 0.5),
+                                         jitter_prob=keep if jitter else 0.0)
+        return policy
+
 
 CONTRASTIVE_POLICY = AugmentPolicy()
 # For the classifier stages (linear evaluation, cross-entropy): crop and flip only.
-WEAK_POLICY = AugmentPolicy(crop_scale=(0.5, 1.0), brightness=0.0, contrast=0.0,
-                            saturation=0.0, hue=0.0, jitter_prob=0.0, grayscale_prob=0.0)
+WEAK_POLICY = CONTRASTIVE_POLICY.weak()
+NO_AUGMENTATION = AugmentPolicy(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip=False,
+                                brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0,
+                                jitter_prob=0.0, grayscale_prob=0.0)
+# Named policies (``--augmentation``).
+POLICIES = {
+    # SimCLR / SupCon, for photos.
+    "simclr": CONTRASTIVE_POLICY,
+    # Digits, characters, grayscale images: a flip changes the class and a 20% crop can
+    # cut the stroke that tells a 7 from a 1; milder crops, brightness / contrast only.
+    "digits": AugmentPolicy(crop_scale=(0.6, 1.0), crop_ratio=(0.8, 1.25), flip=False,
+                            brightness=0.4, contrast=0.4, saturation=0.0, hue=0.0,
+                            jitter_prob=0.8, grayscale_prob=0.0),
+    # Crop and flip only (the classifier stages' policy for photos).
+    "weak": WEAK_POLICY,
+    "none": NO_AUGMENTATION,
+}
+# The default policy of a data source (by its name); any other source: "simclr".
+SOURCE_POLICIES = {"digits": "digits", "mnist": "digits", "emnist": "digits",
+                   "kmnist": "digits"}
+
+
+def default_policy_name(source_name):
+    """The named policy a data source gets by default (``digits`` -> ``"digits"``)."""
+    return SOURCE_POLICIES.get(str(source_name).lower(), "simclr")
+
+
+def get_policy(name, *, crop_scale=None, flip=None, jitter=None):
+    """Named policy ``name`` (a key of :data:`POLICIES`), parts overridden
+    (:meth:`AugmentPolicy.override`)."""
+    check_choice(name, POLICIES, "augmentation policy")
+    return POLICIES[name].override(crop_scale=crop_scale, flip=flip, jitter=jitter)
 
 
 def _uniform(batch, lo, hi):
@@ -94,6 +160,8 @@ def _apply_with_prob(images, augmented, prob):
 def augment_batch(images, policy=CONTRASTIVE_POLICY):
     """One random view of each image of ``images`` (float32 ``[B, S, S, 3]`` in [0, 255])."""
     x = tf.cast(images, tf.float32)
+    if policy.is_identity:
+        return x
     x = random_resized_crop(x, policy.crop_scale, policy.crop_ratio)
     if policy.flip:
         x = _apply_with_prob(x, tf.reverse(x, axis=[2]), 0.5)

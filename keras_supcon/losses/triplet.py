@@ -1,4 +1,4 @@
-"""Triplet loss with batch-hard, batch-all and random triplet mining.
+"""Triplet loss with semi-hard, batch-hard, batch-all and random triplet mining.
 
 Embeddings ``[B, D]`` or ``[B, V, D]`` are flattened into ``N = B * V``
 anchors (each carrying its image's label) and L2-normalised. With ``d`` the
@@ -8,6 +8,15 @@ a triplet ``(a, p, n)``, ``p in P(a)``, ``n in Q(a)``, costs::
 
     l(a, p, n) = max(d(a, p) - d(a, n) + margin, 0)
 
+- ``mining="semihard"`` (FaceNet, Schroff et al. 2015; the rule of the retired
+  ``tfa.losses.triplet_semihard_loss``): every positive pair ``(a, p)`` is an
+  anchor-positive; its negative is the nearest one farther than ``p``,
+  ``min {d(a, n) : n in Q(a), d(a, n) > d(a, p)}``, or, if there is none, the
+  farthest negative ``max_{n in Q(a)} d(a, n)``; the loss is the mean of ``l`` over
+  the positive pairs of anchors with ``Q(a)`` non-empty. Hard negatives (closer than
+  the positive) are left alone early in training, which is what keeps the
+  embedding from collapsing to one point (loss = margin) as batch-hard can at
+  small scale. The default.
 - ``mining="hard"`` (batch-hard, Hermans et al. 2017): per anchor, the
   farthest positive and the nearest negative,
   ``L_a = max(max_{p in P(a)} d(a, p) - min_{n in Q(a)} d(a, n) + margin, 0)``;
@@ -27,7 +36,7 @@ from keras import ops
 
 from keras_supcon.losses.similarity import flatten_views, l2_normalize
 
-MINING = ("hard", "all", "random")
+MINING = ("semihard", "hard", "all", "random")
 
 
 def check_margin(margin):
@@ -100,7 +109,8 @@ def random_triplets(labels, seed=None):
     return pos, neg, valid
 
 
-def triplet_loss(labels, embeddings, *, margin=0.2, mining="hard", squared=False, seed=None):
+def triplet_loss(labels, embeddings, *, margin=0.2, mining="semihard", squared=False,
+                 seed=None):
     """Triplet loss of a batch.
 
     Args:
@@ -108,7 +118,8 @@ def triplet_loss(labels, embeddings, *, margin=0.2, mining="hard", squared=False
         embeddings: ``[B, D]`` or ``[B, V, D]`` (views become anchors with the
             label of their image). L2-normalised inside.
         margin: the hinge margin, ``>= 0``.
-        mining: ``"hard"``, ``"all"`` or ``"random"`` (see the module docstring).
+        mining: ``"semihard"``, ``"hard"``, ``"all"`` or ``"random"`` (see the module
+            docstring).
         squared: use squared Euclidean distances.
         seed: for ``mining="random"``: an int, a ``keras.random.SeedGenerator``
             or ``None`` (see :func:`random_triplets`).
@@ -127,6 +138,18 @@ def triplet_loss(labels, embeddings, *, margin=0.2, mining="hard", squared=False
         hinge = ops.relu(ops.expand_dims(d, 2) - ops.expand_dims(d, 1) + margin)  # [a, p, n]
         hinge = ops.where(valid, hinge, 0.0)
         return ops.sum(hinge) / ops.maximum(ops.sum(ops.cast(hinge > 0, d.dtype)), 1.0)
+
+    if mining == "semihard":
+        d_ap = ops.expand_dims(d, 2)  # [a, p, 1]
+        d_an = ops.expand_dims(d, 1)  # [a, 1, n]
+        outside = ops.logical_and(ops.expand_dims(negative, 1), d_an > d_ap)  # [a, p, n]
+        never = ops.stop_gradient(ops.max(d)) + 1.0  # larger than any distance
+        nearest_outside = ops.min(ops.where(outside, d_an, never), axis=2)  # [a, p]
+        farthest = ops.max(ops.where(negative, d, -1.0), axis=1, keepdims=True)  # [a, 1]
+        d_an = ops.where(ops.any(outside, axis=2), nearest_outside, farthest)
+        valid = ops.logical_and(positive, ops.any(negative, axis=1, keepdims=True))
+        hinge = ops.where(valid, ops.relu(d - d_an + margin), 0.0)
+        return ops.sum(hinge) / ops.maximum(ops.sum(ops.cast(valid, d.dtype)), 1.0)
 
     if mining == "hard":
         valid = ops.logical_and(ops.any(positive, axis=1), ops.any(negative, axis=1))
@@ -150,7 +173,7 @@ class TripletLoss(keras.losses.Loss):
     seeded with ``seed`` (an int or ``None``), so every call draws new triplets.
     """
 
-    def __init__(self, margin=0.2, mining="hard", squared=False, seed=None,
+    def __init__(self, margin=0.2, mining="semihard", squared=False, seed=None,
                  name="triplet_loss", **kwargs):
         super().__init__(name=name, **kwargs)
         self.margin = check_margin(margin)

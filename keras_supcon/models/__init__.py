@@ -6,12 +6,15 @@ from keras_supcon.models.build import (
     build_classifier,
     build_contrastive_model,
     build_encoder,
+    build_joint_model,
     build_projection_head,
     freeze,
 )
+from keras_supcon.models.batchnorm import precise_batchnorm, set_batchnorm_momentum
 from keras_supcon.models.layers import ImagePreprocess
 
 __all__ = [
     "BACKBONES", "get_backbone", "build_backbone", "build_encoder", "build_projection_head",
-    "build_contrastive_model", "build_barlow_projector", "build_classifier", "freeze", "ImagePreprocess",
+    "build_contrastive_model", "build_joint_model", "build_barlow_projector", "build_classifier",
+    "freeze", "ImagePreprocess", "precise_batchnorm", "set_batchnorm_momentum",
 ]

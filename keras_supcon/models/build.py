@@ -55,6 +55,22 @@ def build_barlow_projector(input_dim, width=8192, projection_dim=8192, *, depth=
     return K.Model(inputs, x, name="barlow_projector")
 
 
+def build_joint_model(encoder, head, classifier, views=2):
+    """``[B, V, S, S, 3]`` views -> ``{"projections": [B, V, P], "probabilities":
+    [B, V, K]}``: the contrastive model of ``encoder`` and ``head`` with the softmax
+    layer of ``classifier`` (from :func:`build_classifier`, linear, on the same
+    ``encoder``) on every view's features; all weights shared. Compile it with a
+    contrastive loss on ``projections`` and cross-entropy on ``probabilities``
+    (``--loss supcon+ce``)."""
+    image_shape = tuple(encoder.input_shape[1:])
+    inputs = keras.Input((views,) + image_shape, name="views")
+    features = encoder(FoldViews(name="fold_views")(inputs))
+    softmax = classifier.get_layer("probabilities")
+    outputs = {"projections": UnfoldViews(views, name="unfold_projections")(head(features)),
+               "probabilities": UnfoldViews(views, name="unfold_probabilities")(softmax(features))}
+    return keras.Model(inputs, outputs, name="joint_model")
+
+
 def build_contrastive_model(encoder, head, views=2):
     """``[B, V, S, S, 3]`` views -> ``[B, V, P]`` embeddings (encoder and head shared).
 

@@ -4,9 +4,11 @@ from keras_supcon.training.distribute import STRATEGIES, distribution_scope
 from keras_supcon.training.optim import make_optimizer, warmup_cosine
 from keras_supcon.training.rundir import RunDir
 from keras_supcon.training.layerwise import LayerwiseConfig, train_layerwise
+from keras_supcon.training.probe import fit_linear_probe, fit_mlp_probe
 from keras_supcon.training.pseudo import run_pseudo_labelling
 from keras_supcon.training.run import LOSSES, TrainConfig, fine_tune_linear, fine_tune_nn, train
 
 __all__ = ["TrainConfig", "train", "LOSSES", "fine_tune_linear", "fine_tune_nn",
            "run_pseudo_labelling", "LayerwiseConfig", "train_layerwise", "RunDir",
-           "make_optimizer", "warmup_cosine", "distribution_scope", "STRATEGIES"]
+           "make_optimizer", "warmup_cosine", "distribution_scope", "STRATEGIES",
+           "fit_linear_probe", "fit_mlp_probe"]

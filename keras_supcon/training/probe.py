@@ -1,15 +1,21 @@
-"""The linear probe on a frozen encoder, fitted to convergence on cached features.
+"""Probes on a frozen encoder, fitted to convergence on cached features.
 
 Frozen features do not change: they are extracted once (after the encoder's
-BatchNorm statistics are made precise), standardised, and a multinomial logistic
-regression is fitted by L-BFGS for each L2 strength of a grid; the strength with
-the best validation accuracy is kept (the linear-probe protocol of Radford et al.
-2021, "CLIP"). The fitted weights, with the standardisation folded in, become the
-``probabilities`` layer of the Keras classifier that is saved and exported.
+BatchNorm statistics are made precise) and standardised.
+
+- linear probe: a multinomial logistic regression fitted by L-BFGS for each L2
+  strength of a grid; the strength with the best validation accuracy is kept (the
+  linear-probe protocol of Radford et al. 2021, "CLIP");
+- nn probe: the classifier's hidden ReLU layer and softmax trained with Adam on
+  the cached features, the best validation epoch kept.
+
+The fitted weights, with the standardisation folded into the first layer, are
+written into the Keras classifier that is saved and exported.
 """
 
 import logging
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -36,6 +42,21 @@ def encode(encoder, split, image_size, *, batch_size=256, verbose=0):
     return np.asarray(features, dtype=np.float64), labels.astype(int)
 
 
+def standardiser(features):
+    """``(mean, scale)`` of ``features`` [N, F] per column (a constant column: scale 1)."""
+    mean = features.mean(axis=0)
+    scale = features.std(axis=0)
+    scale[scale < 1e-8] = 1.0  # a constant feature: left as it is
+    return mean, scale
+
+
+def fold_standardisation(kernel, bias, mean, scale):
+    """``(kernel', bias')`` acting on raw features ``x`` as ``(kernel, bias)`` acts on
+    ``(x - mean) / scale``."""
+    kernel = kernel / scale[:, None]
+    return kernel, bias - mean @ kernel
+
+
 def fit_logistic_probe(train, val, num_classes, *, grid=C_GRID, max_iter=MAX_ITER):
     """L-BFGS logistic regression on standardised features for each C of ``grid``;
     keeps the C with the best validation accuracy (ties: the smaller C).
@@ -47,9 +68,7 @@ def fit_logistic_probe(train, val, num_classes, *, grid=C_GRID, max_iter=MAX_ITE
     from sklearn.linear_model import LogisticRegression
 
     (x, y), (xv, yv) = train, val
-    mean = x.mean(axis=0)
-    scale = x.std(axis=0)
-    scale[scale < 1e-8] = 1.0  # a constant feature: left as it is
+    mean, scale = standardiser(x)
     z, zv = (x - mean) / scale, (xv - mean) / scale
     rows, best = [], None
     for c in grid:
@@ -67,8 +86,7 @@ def fit_logistic_probe(train, val, num_classes, *, grid=C_GRID, max_iter=MAX_ITE
     intercept = np.full(num_classes, -1e4)  # a class never seen in training: never predicted
     coef[model.classes_] = model.coef_
     intercept[model.classes_] = model.intercept_
-    kernel = (coef / scale).T
-    bias = intercept - (coef / scale) @ mean
+    kernel, bias = fold_standardisation(coef.T, intercept, mean, scale)
     report = {"protocol": "L-BFGS logistic regression on cached, standardised features; "
                           "C chosen on the validation split",
               "C": row["C"], "val_accuracy": row["val_accuracy"], "grid": rows}
@@ -86,4 +104,43 @@ def fit_linear_probe(classifier, encoder, data, image_size, *, batch_size=256, v
     layer.set_weights([kernel.astype("float32"), bias.astype("float32")])
     log.info("linear probe: C = %g, validation accuracy %.4f", report["C"],
              report["val_accuracy"])
+    return report
+
+
+def fit_mlp_probe(classifier, encoder, data, image_size, *, epochs=100, lr=1e-3,
+                  batch_size=64, seed=0, batch_size_encode=256, verbose=0):
+    """Train the ``hidden`` and ``probabilities`` layers of ``classifier`` (an MLP probe on
+    the frozen ``encoder``, :func:`~keras_supcon.models.build_classifier` with ``hidden``)
+    with Adam at ``lr`` for ``epochs`` on the cached, standardised features of ``data``;
+    the best validation-accuracy epoch is kept and the standardisation folded into
+    ``hidden``. Returns the report (one history row per epoch)."""
+    train = encode(encoder, data.train, image_size, batch_size=batch_size_encode,
+                   verbose=verbose)
+    val = encode(encoder, data.val, image_size, batch_size=batch_size_encode, verbose=verbose)
+    (x, y), (xv, yv) = train, val
+    mean, scale = standardiser(x)
+    hidden, softmax = classifier.get_layer("hidden"), classifier.get_layer("probabilities")
+    inputs = keras.Input((x.shape[1],), name="features")
+    head = keras.Model(inputs, softmax(hidden(inputs)), name="mlp_probe")
+    keras.utils.set_random_seed(seed)
+    head.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy",
+                 metrics=["accuracy"])
+    z = ((x - mean) / scale).astype("float32")
+    zv = ((xv - mean) / scale).astype("float32")
+    monitor = "val_accuracy" if len(yv) else "accuracy"
+    best = keras.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=epochs + 1,
+                                         restore_best_weights=True)
+    history = head.fit(z, y, batch_size=batch_size, epochs=epochs, shuffle=True,
+                       validation_data=(zv, yv) if len(yv) else None, callbacks=[best],
+                       verbose=0)
+    kernel, bias = (np.asarray(w, dtype=np.float64) for w in hidden.get_weights())
+    kernel, bias = fold_standardisation(kernel, bias, mean, scale)
+    hidden.set_weights([kernel.astype("float32"), bias.astype("float32")])
+    rows = [dict(zip(history.history, values)) for values in zip(*history.history.values())]
+    best_epoch = int(np.argmax([r[monitor] for r in rows])) + 1
+    report = {"protocol": f"Adam (lr {lr}) on cached, standardised features for {epochs} "
+                          "epochs; the best validation-accuracy epoch kept",
+              "epoch": best_epoch, "val_accuracy": rows[best_epoch - 1].get("val_accuracy"),
+              "grid": rows}
+    log.info("nn probe: epoch %d, validation accuracy %s", best_epoch, report["val_accuracy"])
     return report

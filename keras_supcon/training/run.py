@@ -11,7 +11,8 @@ Stages (each resumable from its last per-epoch checkpoint):
 
 or, for the end-to-end losses, one ``ce`` stage training the classifier end to
 end: ``ce`` (cross-entropy), ``center`` (cross-entropy + ``center_weight`` x
-center loss on the encoder features). Then test metrics (classification and
+center loss on the encoder features), ``supcon+ce`` (cross-entropy on every view
++ ``supcon_weight`` x SupCon on the projection head, Gunel et al. 2021). Then test metrics (classification and
 embedding quality), figures and a SavedModel export, all into the run directory.
 """
 
@@ -28,6 +29,7 @@ import tensorflow as tf
 
 from keras_supcon.compression.export import check_saved_model, export_saved_model
 from keras_supcon.data import DataSplits, contrastive_batches, load_dataset, supervised_batches
+from keras_supcon.data.augment import default_policy_name, get_policy
 from keras_supcon.data.pipeline import check_contrastive_batch_size
 from keras_supcon.errors import ConfigError, check_choice
 from keras_supcon.evaluation import (
@@ -46,6 +48,8 @@ from keras_supcon.losses import (
     SimCLRLoss,
     SupConLoss,
     TripletLoss,
+    joint_loss,
+    joint_targets,
 )
 from keras_supcon.losses.triplet import MINING
 from keras_supcon.models import (
@@ -53,6 +57,7 @@ from keras_supcon.models import (
     build_classifier,
     build_contrastive_model,
     build_encoder,
+    build_joint_model,
     build_projection_head,
     freeze,
     get_backbone,
@@ -76,26 +81,30 @@ from keras_supcon.training.distribute import (
     precision_policy,
 )
 from keras_supcon.training.optim import OPTIMIZERS, make_optimizer
-from keras_supcon.training.probe import fit_linear_probe
+from keras_supcon.training.probe import fit_linear_probe, fit_mlp_probe
 from keras_supcon.training.rundir import CONFIG_FILE, RunDir, open_run
 
 log = logging.getLogger(__name__)
 
-PROBE_FILE = "probe.json"  # the linear probe's C grid and choice (lbfgs solver)
+PROBE_FILE = "probe.json"  # how the probe on cached features was fitted and chosen
 
 PRETRAIN_LOSSES = ("supcon", "simclr", "npairs", "triplet", "barlow")  # then a frozen-encoder probe
-END_TO_END_LOSSES = ("ce", "center")  # one cross-entropy stage
+END_TO_END_LOSSES = ("ce", "center", "supcon+ce")  # one cross-entropy stage
 LOSSES = PRETRAIN_LOSSES + END_TO_END_LOSSES
-DEFAULT_TEMPERATURE = {"supcon": 0.1, "simclr": 0.1, "npairs": 0.05}
+VIEW_LOSSES = PRETRAIN_LOSSES + ("supcon+ce",)  # trained on augmented views of each image
+DEFAULT_TEMPERATURE = {"supcon": 0.1, "simclr": 0.1, "npairs": 0.05, "supcon+ce": 0.1}
 PROBES = ("linear", "nn")
-PROBE_SOLVERS = ("lbfgs", "sgd")
+PROBE_FITS = ("cached", "images")
 # Settings used by some losses only; any other setting applies to every run.
 LOSS_SETTINGS = {
-    "temperature": tuple(DEFAULT_TEMPERATURE), "variant": ("supcon",),
+    "temperature": tuple(DEFAULT_TEMPERATURE), "variant": ("supcon", "supcon+ce"),
+    "supcon_weight": ("supcon+ce",),
     "margin": ("triplet",), "mining": ("triplet",), "squared_distance": ("triplet",),
     "barlow_lambda": ("barlow",), "center_weight": ("center",), "center_alpha": ("center",),
-    **dict.fromkeys(("views", "projection_dim", "head_hidden", "linear_epochs", "linear_lr",
-                     "probe", "probe_hidden", "probe_solver"), PRETRAIN_LOSSES),
+    **dict.fromkeys(("views", "projection_dim", "head_hidden"), VIEW_LOSSES),
+    **dict.fromkeys(("linear_epochs", "linear_lr", "probe", "probe_hidden", "probe_fit",
+                     "probe_epochs"),
+                    PRETRAIN_LOSSES),
 }
 
 
@@ -117,19 +126,23 @@ class TrainConfig:
     temperature: float = None  # default: 0.1 (supcon, simclr), 0.05 (npairs, as the tutorial)
     variant: str = "out"
     margin: float = 0.2  # triplet
-    mining: str = "hard"  # triplet: hard | all | random
+    mining: str = "semihard"  # triplet: semihard | hard | all | random
     squared_distance: bool = False  # triplet
     barlow_lambda: float = 5e-3  # barlow: weight of the off-diagonal term
     center_weight: float = 0.003  # center: lambda of CE + lambda * center loss
     center_alpha: float = 0.5  # center: centre update rate
+    supcon_weight: float = 1.0  # supcon+ce: w in CE + w * SupCon
     views: int = 2
     projection_dim: int = 128
     head_hidden: int = 512  # barlow: width of the projector's hidden layers
     probe: str = "linear"  # classifier on the frozen encoder: linear | nn
     probe_hidden: int = 512  # width of the nn probe's hidden layer
-    # linear probe: "lbfgs" (logistic regression on cached features, C chosen on the
-    # validation split) or "sgd" (model.fit on augmented images, linear_epochs / linear_lr)
-    probe_solver: str = "lbfgs"
+    # "cached": features of the frozen encoder extracted once; linear probe by L-BFGS
+    # logistic regression (C chosen on the validation split), nn probe by Adam for
+    # probe_epochs (best validation epoch kept). "images": model.fit of the classifier on
+    # augmented images through the frozen encoder (linear_epochs, linear_lr).
+    probe_fit: str = "cached"
+    probe_epochs: int = 100  # nn probe on cached features
     epochs: int = 5
     linear_epochs: int = 5
     batch_size: int = 64
@@ -139,7 +152,13 @@ class TrainConfig:
     weight_decay: float = 0.0
     l2: float = 0.0  # L2 penalty on the classifier's kernels
     clipnorm: float = None  # global gradient-norm clipping
-    augment: bool = True  # crop-and-flip augmentation in the classifier stages
+    augment: bool = True  # augmentation in the classifier stages (the policy's weak form)
+    # named augmentation policy (data.augment.POLICIES); None: the data source's default
+    # (digits: "digits", no flips and milder crops; other sources: "simclr")
+    augmentation: str = None
+    crop_scale: float = None  # override: smallest area fraction of a random crop
+    flip: bool = None  # override: horizontal flips on / off
+    jitter: float = None  # override: colour-jitter strength (0: none)
     warmup_fraction: float = 0.1
     early_stopping: int = None  # patience in epochs; None: run all epochs, keep the best
     bn_momentum: float = 0.9  # of every BatchNorm layer (Keras' default 0.99 lags in short runs)
@@ -170,9 +189,11 @@ class TrainConfig:
         if self.variant not in ("out", "in"):
             raise ConfigError(f"variant must be 'out' or 'in'; got {self.variant!r}")
         check_choice(self.optimizer, OPTIMIZERS, "optimizer")
+        get_policy(self.augmentation or "simclr", crop_scale=self.crop_scale, flip=self.flip,
+                   jitter=self.jitter)  # a bad name or override fails here
         check_strategy(self.strategy)
         self._validate_loss_settings()
-        if self.loss in PRETRAIN_LOSSES:
+        if self.loss in VIEW_LOSSES:
             check_contrastive_batch_size(self.batch_size)
         if self.batch_size < 1:
             raise ConfigError(f"batch size must be >= 1; got {self.batch_size}")
@@ -181,7 +202,7 @@ class TrainConfig:
         if self.loss == "barlow" and self.views != 2:
             raise ConfigError(f"Barlow Twins compares exactly two views of each image; "
                               f"got --views {self.views}")
-        for name in ("epochs", "linear_epochs"):
+        for name in ("epochs", "linear_epochs", "probe_epochs"):
             if getattr(self, name) < (1 if uses_setting(self.loss, name) else 0):
                 raise ConfigError(f"{name} must be >= 1; got {getattr(self, name)}")
         for name in ("projection_dim", "head_hidden", "probe_hidden"):
@@ -209,13 +230,15 @@ class TrainConfig:
             raise ConfigError(f"triplet margin must be >= 0; got {self.margin}")
         if self.barlow_lambda < 0:
             raise ConfigError(f"barlow lambda must be >= 0; got {self.barlow_lambda}")
+        if self.supcon_weight < 0:
+            raise ConfigError(f"supcon weight must be >= 0; got {self.supcon_weight}")
         if self.center_weight < 0:
             raise ConfigError(f"center-loss weight must be >= 0; got {self.center_weight}")
         if not 0 < self.center_alpha <= 1:
             raise ConfigError(f"center update rate alpha must be in (0, 1]; "
                               f"got {self.center_alpha}")
         check_choice(self.probe, PROBES, "probe")
-        check_choice(self.probe_solver, PROBE_SOLVERS, "probe solver")
+        check_choice(self.probe_fit, PROBE_FITS, "probe fit")
 
 
 def library_versions():
@@ -245,6 +268,30 @@ def pretraining_loss(config):
     raise ConfigError(f"{config.loss} is not a pre-training loss")
 
 
+def augmentation_policies(config, data):
+    """``(views policy, classifier-stage policy)`` of a run of ``config`` on ``data``:
+    ``config.augmentation`` (default: ``data``'s source default) with its overrides."""
+    name = config.augmentation or default_policy_name(data.name)
+    policy = get_policy(name, crop_scale=config.crop_scale, flip=config.flip,
+                        jitter=config.jitter)
+    return policy, policy.weak()
+
+
+def resolve_augmentation(config, data):
+    """Fill in ``config.augmentation`` with ``data``'s default policy if it is unset."""
+    if config.augmentation is None:
+        config.augmentation = default_policy_name(data.name)
+    return config
+
+
+def config_record(config, data):
+    """What ``config.json`` holds: the settings, the augmentation policies spelled out,
+    the library versions."""
+    views, weak = augmentation_policies(config, data)
+    return {"settings": asdict(config), "versions": library_versions(),
+            "augmentation": {"views": views.to_dict(), "classifier": weak.to_dict()}}
+
+
 def _steps(num_examples, batch_size, drop_remainder):
     return max(num_examples // batch_size if drop_remainder else -(-num_examples // batch_size), 1)
 
@@ -259,7 +306,7 @@ def _clean_batches(config, data):
 
 
 def _fit(model, loss, metrics, train_ds, val_ds, *, run, stage, epochs, steps, lr, monitor,
-         mode, config, extra_callbacks=(), precise_bn=None):
+         mode, config, extra_callbacks=(), precise_bn=None, loss_weights=None):
     """``model.fit`` as stage ``stage`` of ``run``. ``precise_bn=(target, data)``: the
     BatchNorm statistics of ``target`` are recomputed over clean training batches
     before each validation pass and at the end (``config.precise_bn_batches``)."""
@@ -269,6 +316,7 @@ def _fit(model, loss, metrics, train_ds, val_ds, *, run, stage, epochs, steps, l
                                  warmup_fraction=config.warmup_fraction,
                                  clipnorm=config.clipnorm),
         loss=loss,
+        loss_weights=loss_weights,
         metrics=metrics,
     )
     callbacks = stage_callbacks(run, stage, monitor=monitor, mode=mode, epochs=epochs,
@@ -288,7 +336,7 @@ def _fit(model, loss, metrics, train_ds, val_ds, *, run, stage, epochs, steps, l
 
 def _pretrain(config, data, run, encoder):
     n_train, n_val = data.sizes["train"], data.sizes["val"]
-    kw = dict(views=config.views, cache=config.cache)
+    kw = dict(views=config.views, cache=config.cache, policy=augmentation_policies(config, data)[0])
     train_ds = contrastive_batches(data.train, config.image_size, config.batch_size,
                                    shuffle=True, seed=config.seed, num_examples=n_train, **kw)
     val_batch = min(config.batch_size, n_val)
@@ -333,7 +381,9 @@ def train_classifier(config, data, run, classifier, stage, epochs, lr, extra_cal
     # keras.distribution shards every batch evenly over the devices: no partial batches.
     whole = config.strategy == "data-parallel"
     train_ds = supervised_batches(data.train, config.image_size, config.batch_size,
-                                  augment=config.augment, shuffle=True, seed=config.seed,
+                                  augment=config.augment,
+                                  policy=augmentation_policies(config, data)[1], shuffle=True,
+                                  seed=config.seed,
                                   cache=config.cache, num_examples=n_train,
                                   drop_remainder=whole)
     val_ds = supervised_batches(data.val, config.image_size, config.batch_size,
@@ -349,6 +399,31 @@ def train_classifier(config, data, run, classifier, stage, epochs, lr, extra_cal
          stage=stage, epochs=epochs, steps=_steps(n_train, config.batch_size, whole), lr=lr,
          monitor="val_accuracy", mode="max", config=config, extra_callbacks=extra_callbacks,
          precise_bn=(inference_model, data) if trains_bn else None)
+
+
+def train_joint(config, data, run, classifier, encoder):
+    """Stage ``ce`` of ``--loss supcon+ce``: the encoder, the projection head and the
+    softmax of ``classifier`` trained together on augmented views, CE on every view +
+    ``supcon_weight`` x SupCon; validation (and the best epoch) on clean images."""
+    n_train = data.sizes["train"]
+    views_policy, _ = augmentation_policies(config, data)
+    train_ds = contrastive_batches(data.train, config.image_size, config.batch_size,
+                                   views=config.views, policy=views_policy, shuffle=True,
+                                   seed=config.seed, cache=config.cache,
+                                   num_examples=n_train).map(joint_targets)
+    views = config.views
+    val_ds = supervised_batches(data.val, config.image_size, config.batch_size,
+                                cache=config.cache).map(
+        lambda x, y: joint_targets(tf.stack([x] * views, axis=1), y))
+    head = build_projection_head(encoder.output_shape[-1], config.head_hidden,
+                                 config.projection_dim)
+    model = build_joint_model(encoder, head, classifier, views=views)
+    args = joint_loss(supcon_weight=config.supcon_weight, temperature=config.temperature,
+                      variant=config.variant)
+    _fit(model, args["loss"], args["metrics"], train_ds, val_ds, run=run, stage="ce",
+         epochs=config.epochs, steps=_steps(n_train, config.batch_size, True), lr=config.lr,
+         monitor="val_probabilities_accuracy", mode="max", config=config,
+         precise_bn=(encoder, data), loss_weights=args["loss_weights"])
 
 
 def train(config=None, *, resume=False, overwrite=False, **settings):
@@ -381,10 +456,11 @@ def _train_stages(config, run, resume):
     data = load_dataset(config.dataset, data_dir=config.data_dir,
                         val_fraction=config.val_fraction, seed=config.seed)
     log.info("data %s", data.describe())
-    if config.loss in PRETRAIN_LOSSES:
+    if config.loss in VIEW_LOSSES:
         check_contrastive_batch_size(config.batch_size, data.sizes["train"])
+    resolve_augmentation(config, data)
     if not resume:
-        run.write_json(CONFIG_FILE, {"settings": asdict(config), "versions": library_versions()})
+        run.write_json(CONFIG_FILE, config_record(config, data))
         run.init_state()
 
     keras.utils.set_random_seed(config.seed)
@@ -408,7 +484,10 @@ def _train_stages(config, run, resume):
     if classifier is None:
         if end_to_end:
             classifier = build_classifier(encoder, data.num_classes, l2=config.l2)
-            train_classifier(config, data, run, classifier, "ce", config.epochs, config.lr)
+            if config.loss == "supcon+ce":
+                train_joint(config, data, run, classifier, encoder)
+            else:
+                train_classifier(config, data, run, classifier, "ce", config.epochs, config.lr)
             run.save_model(encoder, "encoder.keras")  # (a pre-trained encoder was saved above)
             run.save_model(classifier, "classifier.keras")
             run.mark_stage_done("ce")
@@ -427,9 +506,15 @@ def _train_probe(config, data, run, encoder):
     freeze(encoder)
     classifier = build_classifier(encoder, data.num_classes, l2=config.l2,
                                   hidden=config.probe_hidden if config.probe == "nn" else None)
-    if config.probe == "linear" and config.probe_solver == "lbfgs":
-        report = fit_linear_probe(classifier, encoder, data, config.image_size,
-                                  verbose=config.verbose)
+    if config.probe_fit == "cached":
+        if config.probe == "linear":
+            report = fit_linear_probe(classifier, encoder, data, config.image_size,
+                                      verbose=config.verbose)
+        else:
+            report = fit_mlp_probe(classifier, encoder, data, config.image_size,
+                                   epochs=config.probe_epochs, lr=config.linear_lr,
+                                   batch_size=config.batch_size, seed=config.seed,
+                                   verbose=config.verbose)
         write_history(run, read_history(run) + [
             {"stage": "linear", "epoch": i + 1, **row} for i, row in enumerate(report["grid"])])
         run.write_json(PROBE_FILE, report)
@@ -473,8 +558,9 @@ def _fine_tune(encoder, data, probe, out, overwrite, settings):
     if not isinstance(data, DataSplits):
         data = load_dataset(data, data_dir=config.data_dir, val_fraction=config.val_fraction,
                             seed=config.seed)
+    resolve_augmentation(config, data)
     run = RunDir.prepare(config.out, overwrite=overwrite)
-    run.write_json(CONFIG_FILE, {"settings": asdict(config), "versions": library_versions()})
+    run.write_json(CONFIG_FILE, config_record(config, data))
     run.init_state()
     keras.utils.set_random_seed(config.seed)
     classifier = _train_probe(config, data, run, encoder)
@@ -495,7 +581,8 @@ def evaluate_run(config, data, run, classifier, encoder):
                    split_sizes=data.sizes)
     if run.file(PROBE_FILE).exists():
         probe = run.read_json(PROBE_FILE)
-        metrics["probe"] = {k: probe[k] for k in ("protocol", "C", "val_accuracy")}
+        metrics["probe"] = {k: probe[k] for k in ("protocol", "C", "epoch", "val_accuracy")
+                            if k in probe}
     title = (f"{data.name} | {config.backbone} | {config.loss} | "
              f"test accuracy {metrics['accuracy']:.3f}")
 
