@@ -41,8 +41,10 @@ def main(argv=None):
     if isinstance(metrics, int):
         return metrics
     top_k = next(k for k in metrics if k.startswith("top"))
+    knn = metrics["embedding"]["knn_accuracy"]
     print(f"test accuracy {metrics['accuracy']:.4f} | {top_k} {metrics[top_k]:.4f} | "
-          f"macro F1 {metrics['f1_macro']:.4f} | run directory: {metrics['run_dir']}")
+          f"macro F1 {metrics['f1_macro']:.4f} | kNN accuracy of the encoder {knn:.4f} | "
+          f"run directory: {metrics['run_dir']}")
     return 0
 
 

@@ -1,0 +1,141 @@
+"""Budget study: where (or whether) contrastive pre-training overtakes cross-entropy.
+
+small_resnet on the CIFAR-10 subset (../shared/data/cifar10_subset.npz), the
+library's defaults (batch 64, Adam 1e-3 with warm-up and cosine decay, BatchNorm
+momentum 0.9 + precise statistics, the simclr augmentation policy, linear probe by
+L-BFGS on cached features) for each loss and epoch budget; extra seeds at one
+budget give the seed-to-seed spread (the seed also draws the validation split).
+
+    python experiments/cifar_budget.py                       # everything below
+    python experiments/cifar_budget.py --epochs 5 15 --seeds 0   # a part
+
+Every run is a run directory under --out; running the command again skips
+finished runs and resumes interrupted ones. Writes OUT/budget.json, OUT/budget.md
+and the figure (--figure). Results: docs/experiments.md.
+"""
+
+import argparse
+import json
+import logging
+import statistics
+from pathlib import Path
+
+DATASET = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10_subset.npz")
+LOSSES = ("ce", "supcon", "supcon+ce")
+
+
+def run_one(out, loss, epochs, seed, image_size):
+    from keras_supcon.training import train
+    from keras_supcon.training.rundir import RunDir
+
+    path = Path(out) / f"{loss}-e{epochs}-s{seed}"
+    run = RunDir(path)
+    if run.is_finished():
+        return json.loads(run.file("metrics.json").read_text())
+    resume = run.file("state.json").exists() and run.file("config.json").exists()
+    settings = dict(dataset=DATASET, backbone="small_resnet", image_size=image_size,
+                    loss=loss, epochs=epochs, seed=seed, verbose=0, out=str(path))
+    return train(resume=resume, overwrite=not resume, **settings)
+
+
+def collect(out):
+    """Every finished run under ``out``: ``{loss: {epochs: {key: [values per seed]}}}``."""
+    results = {}
+    for metrics_file in sorted(Path(out).glob("*/metrics.json")):
+        m = json.loads(metrics_file.read_text())
+        settings = json.loads((metrics_file.parent / "config.json").read_text())["settings"]
+        slot = results.setdefault(settings["loss"], {}).setdefault(
+            settings["epochs"], {"accuracy": [], "knn_accuracy": [], "wall_time_s": []})
+        slot["accuracy"].append(m["accuracy"])
+        slot["knn_accuracy"].append(m["embedding"]["knn_accuracy"])
+        slot["wall_time_s"].append(m["wall_time_s"])
+    return results
+
+
+def summarise(results):
+    """``{loss: {epochs: {"accuracy": [...], "knn_accuracy": [...]}}}`` -> rows."""
+    rows = []
+    for loss, budgets in results.items():
+        for epochs, values in sorted(budgets.items()):
+            row = {"loss": loss, "epochs": epochs, "seeds": len(values["accuracy"])}
+            for key in ("accuracy", "knn_accuracy", "wall_time_s"):
+                v = values[key]
+                row[key] = statistics.mean(v)
+                row[f"{key}_sd"] = statistics.stdev(v) if len(v) > 1 else None
+            rows.append(row)
+    return rows
+
+
+def markdown(rows):
+    def cell(row, key):
+        sd = row[f"{key}_sd"]
+        return f"{row[key]:.3f}" + (f" ± {sd:.3f}" if sd is not None else "")
+
+    lines = ["| loss | epochs | seeds | test accuracy | kNN accuracy (k=20) | wall time (s) |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['loss']} | {r['epochs']} | {r['seeds']} | {cell(r, 'accuracy')} | "
+                     f"{cell(r, 'knn_accuracy')} | {r['wall_time_s']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def figure(rows, path, title):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, key, label in [(axes[0], "accuracy", "test accuracy (classifier)"),
+                           (axes[1], "knn_accuracy", "kNN accuracy of the encoder (k=20)")]:
+        for loss in dict.fromkeys(r["loss"] for r in rows):
+            rs = [r for r in rows if r["loss"] == loss]
+            ax.errorbar([r["epochs"] for r in rs], [r[key] for r in rs],
+                        yerr=[r[f"{key}_sd"] or 0 for r in rs], marker="o", capsize=3,
+                        label=loss)
+        ax.set(xscale="log", xlabel="epochs (log scale)", ylabel=label, title=label)
+        ticks = sorted({r["epochs"] for r in rows})
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="runs/cifar_budget")
+    p.add_argument("--losses", nargs="+", default=list(LOSSES))
+    p.add_argument("--epochs", nargs="+", type=int, default=[5, 15, 40])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0],
+                   help="seeds of every budget")
+    p.add_argument("--spread-epochs", type=int, default=40,
+                   help="the budget that also runs --spread-seeds")
+    p.add_argument("--spread-seeds", nargs="+", type=int, default=[1, 2])
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--figure", default="docs/img/experiments/cifar_budget.png")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    plan = [(loss, e, s) for e in args.epochs for loss in args.losses for s in args.seeds]
+    if args.spread_epochs in args.epochs:
+        plan += [(loss, args.spread_epochs, s) for loss in args.losses
+                 for s in args.spread_seeds if s not in args.seeds]
+    for loss, epochs, seed in plan:
+        m = run_one(args.out, loss, epochs, seed, args.image_size)
+        print(f"{loss} epochs {epochs} seed {seed}: test accuracy {m['accuracy']:.4f}, "
+              f"kNN {m['embedding']['knn_accuracy']:.4f}, {m['wall_time_s']:.0f} s", flush=True)
+    out = Path(args.out)
+    rows = summarise(collect(out))
+    (out / "budget.json").write_text(json.dumps(rows, indent=1))
+    (out / "budget.md").write_text(markdown(rows))
+    figure(rows, args.figure, f"CIFAR-10 subset, small_resnet at {args.image_size} px, "
+                              "library defaults (mean ± sd over seeds where several)")
+    print(markdown(rows))
+
+
+if __name__ == "__main__":
+    main()
