@@ -4,10 +4,11 @@ small_resnet on the CIFAR-10 subset (../shared/data/cifar10_subset.npz), the
 library's defaults (batch 64, Adam 1e-3 with warm-up and cosine decay, BatchNorm
 momentum 0.9 + precise statistics, the simclr augmentation policy, linear probe by
 L-BFGS on cached features) for each loss and epoch budget; extra seeds at one
-budget give the seed-to-seed spread (the seed also draws the validation split).
+budget give the seed-to-seed spread of one setting (the seed also draws the
+validation split).
 
-    python experiments/cifar_budget.py                       # everything below
-    python experiments/cifar_budget.py --epochs 5 15 --seeds 0   # a part
+    python experiments/cifar_budget.py          # 5 / 15 / 40 epochs; ce at 40 also seeds 1, 2
+    python experiments/cifar_budget.py --epochs 5 --spread-epochs 0   # a part
 
 Every run is a run directory under --out; running the command again skips
 finished runs and resumes interrupted ones. Writes OUT/budget.json, OUT/budget.md
@@ -115,6 +116,8 @@ def main(argv=None):
     p.add_argument("--spread-epochs", type=int, default=40,
                    help="the budget that also runs --spread-seeds")
     p.add_argument("--spread-seeds", nargs="+", type=int, default=[1, 2])
+    p.add_argument("--spread-losses", nargs="+", default=["ce"],
+                   help="the losses that run --spread-seeds at --spread-epochs")
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--figure", default="docs/img/experiments/cifar_budget.png")
     args = p.parse_args(argv)
@@ -122,7 +125,7 @@ def main(argv=None):
 
     plan = [(loss, e, s) for e in args.epochs for loss in args.losses for s in args.seeds]
     if args.spread_epochs in args.epochs:
-        plan += [(loss, args.spread_epochs, s) for loss in args.losses
+        plan += [(loss, args.spread_epochs, s) for loss in args.spread_losses
                  for s in args.spread_seeds if s not in args.seeds]
     for loss, epochs, seed in plan:
         m = run_one(args.out, loss, epochs, seed, args.image_size)

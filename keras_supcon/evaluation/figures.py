@@ -7,6 +7,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+def history_value(row, key):
+    """``row[key]`` of a history row; for ``accuracy`` / ``val_accuracy`` also the
+    joint model's ``probabilities_accuracy`` (``--loss supcon+ce``)."""
+    value = row.get(key)
+    if value is None and key.endswith("accuracy"):
+        value = row.get(key.replace("accuracy", "probabilities_accuracy"))
+    return value
+
+
 def plot_curves(history, title=""):
     """Loss (left) and accuracy (right) per epoch, one line per stage and split."""
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
@@ -16,7 +25,7 @@ def plot_curves(history, title=""):
         epochs = [r["epoch"] for r in rows]
         for key, ax, style in [("loss", ax_loss, "-"), ("val_loss", ax_loss, "--"),
                                ("accuracy", ax_acc, "-"), ("val_accuracy", ax_acc, "--")]:
-            values = [r.get(key) for r in rows]
+            values = [history_value(r, key) for r in rows]
             if any(v is not None for v in values):
                 split = "validation" if key.startswith("val_") else "train"
                 ax.plot(epochs, [np.nan if v is None else v for v in values], style,

@@ -26,6 +26,7 @@ import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
 from keras_supcon.errors import ConfigError, RunDirError  # noqa: E402
+from keras_supcon.evaluation.figures import history_value  # noqa: E402
 from keras_supcon.evaluation.tables import markdown_table  # noqa: E402
 from keras_supcon.training.callbacks import read_history  # noqa: E402
 from keras_supcon.training.rundir import CONFIG_FILE, STATE_FILE, RunDir  # noqa: E402
@@ -227,8 +228,10 @@ def results_csv(runs, varying=()):
 # ---------------------------------------------------------------------- figures
 def _setting_line(runs):
     s = next(r.settings for r in runs if r.settings)
+    probe = ("probe on cached features" if s.get("probe_fit") == "cached"
+             else f"+{s.get('linear_epochs')} linear")  # runs before probe_fit: images
     return (f"{Path(str(s.get('dataset'))).name}, epochs {s.get('epochs')}"
-            f" (+{s.get('linear_epochs')} linear for contrastive losses), "
+            f" ({probe} for pre-training losses), "
             f"batch {s.get('batch_size')}, seed {s.get('seed')}")
 
 
@@ -272,7 +275,7 @@ def plot_all_curves(runs, varying):
         color = plt.get_cmap("tab10")(i % 10)
         stage = "ce" if r.settings.get("loss") in END_TO_END_LOSSES else "linear"
         rows = [h for h in history if h["stage"] == stage]
-        ax_acc.plot([h["epoch"] for h in rows], [h.get("val_accuracy") for h in rows],
+        ax_acc.plot([h["epoch"] for h in rows], [history_value(h, "val_accuracy") for h in rows],
                     marker="o", ms=3, color=color, ls="-" if stage == "ce" else "--",
                     label=label)
         first = history[0]["stage"] if history else None

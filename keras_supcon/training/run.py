@@ -277,19 +277,15 @@ def augmentation_policies(config, data):
     return policy, policy.weak()
 
 
-def resolve_augmentation(config, data):
-    """Fill in ``config.augmentation`` with ``data``'s default policy if it is unset."""
-    if config.augmentation is None:
-        config.augmentation = default_policy_name(data.name)
-    return config
-
-
 def config_record(config, data):
-    """What ``config.json`` holds: the settings, the augmentation policies spelled out,
-    the library versions."""
+    """What ``config.json`` holds: the settings as given, the augmentation policies
+    spelled out (``name``: the named policy, the data source's default when
+    ``settings.augmentation`` is None), the library versions."""
     views, weak = augmentation_policies(config, data)
+    name = config.augmentation or default_policy_name(data.name)
     return {"settings": asdict(config), "versions": library_versions(),
-            "augmentation": {"views": views.to_dict(), "classifier": weak.to_dict()}}
+            "augmentation": {"name": name, "views": views.to_dict(),
+                             "classifier": weak.to_dict()}}
 
 
 def _steps(num_examples, batch_size, drop_remainder):
@@ -458,7 +454,6 @@ def _train_stages(config, run, resume):
     log.info("data %s", data.describe())
     if config.loss in VIEW_LOSSES:
         check_contrastive_batch_size(config.batch_size, data.sizes["train"])
-    resolve_augmentation(config, data)
     if not resume:
         run.write_json(CONFIG_FILE, config_record(config, data))
         run.init_state()
@@ -558,7 +553,6 @@ def _fine_tune(encoder, data, probe, out, overwrite, settings):
     if not isinstance(data, DataSplits):
         data = load_dataset(data, data_dir=config.data_dir, val_fraction=config.val_fraction,
                             seed=config.seed)
-    resolve_augmentation(config, data)
     run = RunDir.prepare(config.out, overwrite=overwrite)
     run.write_json(CONFIG_FILE, config_record(config, data))
     run.init_state()
