@@ -2,6 +2,7 @@
 center loss, MLP probes, fine_tune_linear / fine_tune_nn, the softmax-regression
 baseline, pseudo-labelling, and their one-line errors."""
 
+import csv
 import json
 
 import keras
@@ -76,10 +77,22 @@ def test_center_loss_model_shares_the_classifier_and_updates_centres():
 
 def test_nn_probe_and_softmax_regression_options(tmp_path):
     out = tmp_path / "nn"
-    train(loss="supcon", probe="nn", probe_hidden=24, out=str(out), **QUICK)
+    metrics = train(loss="supcon", probe="nn", probe_hidden=24, probe_epochs=30, out=str(out),
+                    **QUICK)
     classifier = keras.models.load_model(out / "classifier.keras")
     assert classifier.get_layer("hidden").units == 24
     assert not classifier.get_layer("encoder_small_resnet").trainable
+    # trained on cached features: one history row per epoch, the best validation kept
+    rows = [r for r in csv.DictReader((out / "history.csv").open()) if r["stage"] == "linear"]
+    assert len(rows) == 30
+    probe = json.loads((out / "probe.json").read_text())
+    assert probe["val_accuracy"] == max(float(r["val_accuracy"]) for r in rows)
+    assert metrics["probe"]["epoch"] == probe["epoch"]
+    # the standardisation folded into the saved classifier: on the validation images
+    # it scores what the probe scored on the standardised features
+    data = load_dataset("digits")
+    probs, labels = predict(classifier, supervised_batches(data.val, QUICK["image_size"], 256))
+    assert abs((probs.argmax(1) == labels).mean() - probe["val_accuracy"]) <= 1 / len(labels)
 
     out = tmp_path / "softmax"
     metrics = train(loss="ce", backbone="pixels", image_size=8, epochs=3, batch_size=32,
