@@ -21,6 +21,9 @@ from keras_supcon.training.pseudo import (
     run_pseudo_labelling,
     split_pools,
 )
+from keras_supcon.models.batchnorm import batchnorm_layers
+from keras_supcon.training import callbacks as callbacks_module
+from keras_supcon.training import run as run_module
 from keras_supcon.training.run import center_loss_model, pretraining_loss, TrainConfig
 
 QUICK = dict(backbone="small_resnet", image_size=8, epochs=1, linear_epochs=1, batch_size=32,
@@ -105,9 +108,23 @@ def test_nn_probe_and_softmax_regression_options(tmp_path):
     assert metrics["accuracy"] > 0.5  # softmax regression on digits is a real classifier
 
 
-def test_fine_tune_linear_and_nn_on_a_pretrained_encoder(tmp_path):
+def test_fine_tune_linear_and_nn_on_a_pretrained_encoder(tmp_path, monkeypatch):
     run = tmp_path / "pre"
+    calibrated = []   # the BatchNorm layers each precise-BN pass recomputes
+    real = run_module.precise_batchnorm
+
+    def recording(model, *args, **kwargs):
+        calibrated.append({layer.name for layer in batchnorm_layers(model)})
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(run_module, "precise_batchnorm", recording)
+    monkeypatch.setattr(callbacks_module, "precise_batchnorm", recording)
     train(loss="barlow", head_hidden=32, projection_dim=16, out=str(run), **QUICK)
+    # the Barlow projector's BatchNorm layers are recalibrated with the encoder's
+    encoder_bn = {layer.name for layer in batchnorm_layers(
+        keras.models.load_model(run / "encoder.keras"))}
+    assert encoder_bn and calibrated
+    assert all(names == encoder_bn | {"projector_bn1", "projector_bn2"} for names in calibrated)
     data = load_dataset("digits")
     _, linear = fine_tune_linear(run / "encoder.keras", data, out=str(tmp_path / "lin"),
                                  linear_epochs=2, verbose=0)

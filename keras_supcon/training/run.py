@@ -345,10 +345,14 @@ def _pretrain(config, data, run, encoder):
         head = build_projection_head(features, config.head_hidden, config.projection_dim)
     set_batchnorm_momentum(head, config.bn_momentum)
     model = build_contrastive_model(encoder, head, views=config.views)
+    # The Barlow projector has BatchNorm too: its statistics (and the encoder's) are
+    # recomputed through encoder + head on clean images (shared layers).
+    target = (keras.Model(encoder.inputs, head(encoder.outputs[0]), name="encoder_and_head")
+              if batchnorm_layers(head) else encoder)
     _fit(model, pretraining_loss(config), None, train_ds, val_ds, run=run, stage="pretrain",
          epochs=config.epochs, steps=_steps(n_train, config.batch_size, True), lr=config.lr,
          monitor="val_loss" if val_ds is not None else "loss", mode="min", config=config,
-         precise_bn=(encoder, data))
+         precise_bn=(target, data))
 
 
 def center_loss_model(classifier, num_classes, weight, alpha):
