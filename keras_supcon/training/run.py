@@ -413,7 +413,8 @@ def train_joint(config, data, run, classifier, encoder):
                                    num_examples=n_train).map(joint_targets)
     views = config.views
     val_ds = supervised_batches(data.val, config.image_size, config.batch_size,
-                                cache=config.cache).map(
+                                cache=config.cache,
+                                drop_remainder=config.strategy == "data-parallel").map(
         lambda x, y: joint_targets(tf.stack([x] * views, axis=1), y))
     head = build_projection_head(encoder.output_shape[-1], config.head_hidden,
                                  config.projection_dim)
