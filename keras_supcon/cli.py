@@ -135,7 +135,8 @@ def add_training_arguments(p, *, single_run=True):
                      help="override: colour-jitter strength (brightness, contrast, "
                           "saturation S, hue S/4; 0: none)")
     aug.add_argument("--no-augment", dest="augment", action="store_false",
-                     help="no augmentation in the classifier stages")
+                     help="no augmentation in the classifier stages (ce, center, a probe "
+                          "fitted on images; supcon+ce always trains on augmented views)")
     train.add_argument("--warmup-fraction", type=float, default=d.warmup_fraction)
     train.add_argument("--early-stopping", type=int, default=None, metavar="PATIENCE",
                        help="stop a stage after PATIENCE epochs without validation "

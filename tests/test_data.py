@@ -206,3 +206,8 @@ def test_digits_policy_never_mirrors_and_none_is_identity():
     flipped = augment_batch(tf.constant(images), get_policy("simclr", jitter=0)).numpy()
     assert np.any(flipped[:, :, :4].mean(axis=(1, 2, 3)) < flipped[:, :, -4:].mean(axis=(1, 2, 3)))
     np.testing.assert_array_equal(augment_batch(tf.constant(images), POLICIES["none"]), images)
+
+
+def test_source_defaults_look_through_file_and_tfds_config_names():
+    assert default_policy_name("mnist.npz") == default_policy_name("emnist/letters") == "digits"
+    assert default_policy_name("cifar10_subset.npz") == "simclr"

@@ -250,7 +250,8 @@ def _tiny_joint_model(views, classes=3, size=4):
 @pytest.mark.parametrize("views", [1, 2, 3])
 @pytest.mark.parametrize("weight", [0.0, 0.3, 2.0])
 def test_joint_loss_is_ce_plus_weight_times_supcon(views, weight):
-    from keras_supcon.losses import joint_loss, joint_targets
+    from keras_supcon.data import joint_targets
+    from keras_supcon.losses import joint_loss
 
     keras.utils.set_random_seed(views)
     rng = np.random.default_rng(views)
@@ -278,3 +279,14 @@ def test_joint_loss_rejects_a_negative_weight():
 
     with pytest.raises(ValueError, match="supcon_weight must be >= 0; got -1"):
         joint_loss(-1)
+
+
+def test_joint_model_probabilities_stay_float32_under_mixed_precision():
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model, _ = _tiny_joint_model(views=2)
+        out = model(np.random.default_rng(0).normal(size=(4, 2, 4, 4, 3)).astype("float32"))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert out["probabilities"].dtype == "float32"
+    assert out["projections"].shape == (4, 2, 5)

@@ -229,6 +229,7 @@ def test_pseudo_labelling_reads_an_unlabelled_tfds_split(tmp_path):
     (pseudo_main, ["--labelled", "1000", "--ratios", "1:1"], "cannot hold out unlabelled"),
     (pseudo_main, ["--ratios", "1:x"], "not a labelled:unlabelled ratio"),
     (pseudo_main, ["--loss", "supcon"], "loss must be ce or center"),
+    (pseudo_main, ["--loss", "supcon+ce"], "loss must be ce or center"),
     (train_main, ["--loss", "barlow", "--views", "1"], "exactly two views"),
     (train_main, ["--loss", "center", "--center-alpha", "0"], "alpha must be in (0, 1]"),
     (train_main, ["--probe-hidden", "0"], "probe_hidden must be a positive width"),

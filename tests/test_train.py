@@ -1,6 +1,7 @@
 """End-to-end: the whole job through the library and the CLI, resume, errors, README snippet."""
 
 import csv
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -178,6 +179,16 @@ def test_ce_and_npairs_losses_run(tmp_path):
         assert 0.0 <= metrics["accuracy"] <= 1.0
     history = list(csv.DictReader((tmp_path / "ce" / "history.csv").open()))
     assert [r["stage"] for r in history] == ["ce"]
+
+
+def test_settings_of_older_runs_mean_what_those_runs_did():
+    from keras_supcon.training import TrainConfig
+
+    old = TrainConfig.from_dict({"loss": "supcon", "linear_epochs": 2})  # before issue 14
+    assert (old.augmentation, old.probe_fit) == ("simclr", "images")
+    assert TrainConfig.from_dict({"probe_solver": "lbfgs"}).probe_fit == "cached"
+    new = dataclasses.asdict(TrainConfig(probe="nn"))
+    assert TrainConfig.from_dict(new) == TrainConfig(probe="nn")   # None: the source default
 
 
 def test_joint_supcon_ce_run(tmp_path):

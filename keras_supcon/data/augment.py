@@ -91,8 +91,11 @@ SOURCE_POLICIES = {"digits": "digits", "mnist": "digits", "emnist": "digits",
 
 
 def default_policy_name(source_name):
-    """The named policy a data source gets by default (``digits`` -> ``"digits"``)."""
-    return SOURCE_POLICIES.get(str(source_name).lower(), "simclr")
+    """The named policy a data source gets by default (``digits`` -> ``"digits"``;
+    ``mnist.npz`` and TFDS ``emnist/letters`` count as ``mnist`` and ``emnist``)."""
+    name = str(source_name).lower().split("/")[0]
+    name = name[:-len(".npz")] if name.endswith(".npz") else name
+    return SOURCE_POLICIES.get(name, "simclr")
 
 
 def get_policy(name, *, crop_scale=None, flip=None, jitter=None):

@@ -7,7 +7,8 @@ optionally cache, shuffle, batch, augment whole batches (in parallel) and prefet
 - :func:`contrastive_batches`: ``(views [B, V, S, S, 3], labels [B])`` for the
   contrastive losses, full batches only (a contrastive loss needs the batch);
 - :func:`supervised_batches`: ``(images [B, S, S, 3], labels [B])`` for the
-  classifier stages, optionally with crop-and-flip augmentation.
+  classifier stages, optionally with crop-and-flip augmentation;
+- :func:`joint_targets`: views and labels -> the targets of a joint CE + SupCon model.
 
 Images stay raw RGB in [0, 255]: preprocessing lives inside the models.
 """
@@ -77,3 +78,12 @@ def supervised_batches(ds, image_size, batch_size, *, augment=False, policy=WEAK
     if augment:
         ds = ds.map(lambda x, y: (augment_batch(x, policy), y), num_parallel_calls=AUTOTUNE)
     return ds.prefetch(AUTOTUNE)
+
+
+def joint_targets(views, labels):
+    """``(views [B, V, ...], labels [B])`` -> ``(views, targets)`` for a joint CE + SupCon
+    model (:func:`~keras_supcon.models.build_joint_model`): the labels for the
+    projections, and one per view ``[B, V]`` for the probabilities. For
+    ``tf.data.Dataset.map`` (``contrastive_batches(...).map(joint_targets)``)."""
+    per_view = tf.repeat(tf.expand_dims(labels, 1), tf.shape(views)[1], axis=1)
+    return views, {"projections": labels, "probabilities": per_view}

@@ -13,7 +13,7 @@
 
 from keras_supcon.losses.barlow import BarlowTwinsLoss, barlow_twins_loss
 from keras_supcon.losses.center import CenterLoss, center_loss, update_centers
-from keras_supcon.losses.joint import joint_loss, joint_targets
+from keras_supcon.losses.joint import joint_loss
 from keras_supcon.losses.npairs import NPairsLoss, npairs_loss
 from keras_supcon.losses.supcon import SimCLRLoss, SupConLoss, supcon_loss
 from keras_supcon.losses.triplet import TripletLoss, random_triplets, triplet_loss
@@ -22,5 +22,5 @@ __all__ = [
     "supcon_loss", "npairs_loss", "SupConLoss", "SimCLRLoss", "NPairsLoss",
     "triplet_loss", "random_triplets", "TripletLoss",
     "center_loss", "update_centers", "CenterLoss",
-    "barlow_twins_loss", "BarlowTwinsLoss", "joint_loss", "joint_targets",
+    "barlow_twins_loss", "BarlowTwinsLoss", "joint_loss",
 ]

@@ -4,7 +4,7 @@
 
     model = build_joint_model(encoder, head, classifier, views=2)
     model.compile(optimizer="adam", **joint_loss(supcon_weight=1.0))
-    model.fit(views_ds.map(joint_targets), ...)   # (views [B, V, ...], labels [B])
+    model.fit(views_ds.map(data.joint_targets), ...)   # (views [B, V, ...], labels [B])
 
 The total is ``CE(probabilities) + supcon_weight x SupCon(projections)``; Keras
 reports both parts (``probabilities_loss``, ``projections_loss``) and
@@ -27,12 +27,3 @@ def joint_loss(supcon_weight=1.0, *, temperature=0.1, variant="out"):
               "probabilities": keras.losses.SparseCategoricalCrossentropy()},
         loss_weights={"projections": float(supcon_weight), "probabilities": 1.0},
         metrics={"probabilities": [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]})
-
-
-def joint_targets(views, labels):
-    """``(views [B, V, ...], labels [B])`` -> ``(views, targets)`` for a joint model: the
-    labels for the projections, and ``[B, V]`` (one per view) for the probabilities.
-    Backend-agnostic (``keras.ops``), so it works inside ``tf.data.Dataset.map``."""
-    views_per_image = keras.ops.shape(views)[1]
-    per_view = keras.ops.repeat(keras.ops.expand_dims(labels, 1), views_per_image, axis=1)
-    return views, {"projections": labels, "probabilities": per_view}

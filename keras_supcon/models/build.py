@@ -67,7 +67,8 @@ def build_joint_model(encoder, head, classifier, views=2):
     features = encoder(FoldViews(name="fold_views")(inputs))
     softmax = classifier.get_layer("probabilities")
     outputs = {"projections": UnfoldViews(views, name="unfold_projections")(head(features)),
-               "probabilities": UnfoldViews(views, name="unfold_probabilities")(softmax(features))}
+               "probabilities": UnfoldViews(views, name="unfold_probabilities",
+                                                dtype="float32")(softmax(features))}
     return keras.Model(inputs, outputs, name="joint_model")
 
 
@@ -98,8 +99,10 @@ def build_classifier(encoder, num_classes, *, dropout=0.0, hidden=None, l2=0.0, 
     inputs = K.Input(image_shape, name="images")
     x = encoder(inputs)
     if hidden:
+        # float32 under mixed precision too: the nn probe folds the feature
+        # standardisation into this kernel (large values where a feature barely varies)
         x = K.layers.Dense(hidden, activation="relu", kernel_regularizer=regularizer,
-                           name="hidden")(x)
+                           dtype="float32", name="hidden")(x)
     if dropout:
         x = K.layers.Dropout(dropout, name="dropout")(x)
     outputs = K.layers.Dense(num_classes, activation="softmax", dtype="float32",

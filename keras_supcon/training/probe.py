@@ -123,15 +123,25 @@ def fit_mlp_probe(classifier, encoder, data, image_size, *, epochs=100, lr=1e-3,
     inputs = keras.Input((x.shape[1],), name="features")
     head = keras.Model(inputs, softmax(hidden(inputs)), name="mlp_probe")
     keras.utils.set_random_seed(seed)
+    # weighted: the zero-weight padding of the validation batches does not count
     head.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy",
-                 metrics=["accuracy"])
+                 weighted_metrics=["accuracy"])
     z = ((x - mean) / scale).astype("float32")
     zv = ((xv - mean) / scale).astype("float32")
-    monitor = "val_accuracy" if len(yv) else "accuracy"
+    # Whole batches only, so that keras.distribution can shard every one: training
+    # drops a reshuffled remainder each epoch; validation is padded with zero weights.
+    batch = min(batch_size, len(y))
+    train_ds = (tf.data.Dataset.from_tensor_slices((z, y)).shuffle(len(y), seed=seed)
+                .batch(batch, drop_remainder=True))
+    pad = -len(yv) % batch
+    val_ds = tf.data.Dataset.from_tensor_slices((
+        np.concatenate([zv, np.zeros((pad, zv.shape[1]), "float32")]),
+        np.concatenate([yv, np.zeros(pad, yv.dtype)]),
+        np.concatenate([np.ones(len(yv), "float32"), np.zeros(pad, "float32")]))).batch(batch)
+    monitor = "val_accuracy"
     best = keras.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=epochs + 1,
                                          restore_best_weights=True)
-    history = head.fit(z, y, batch_size=batch_size, epochs=epochs, shuffle=True,
-                       validation_data=(zv, yv) if len(yv) else None, callbacks=[best],
+    history = head.fit(train_ds, epochs=epochs, validation_data=val_ds, callbacks=[best],
                        verbose=0)
     kernel, bias = (np.asarray(w, dtype=np.float64) for w in hidden.get_weights())
     kernel, bias = fold_standardisation(kernel, bias, mean, scale)
@@ -140,7 +150,7 @@ def fit_mlp_probe(classifier, encoder, data, image_size, *, epochs=100, lr=1e-3,
     best_epoch = int(np.argmax([r[monitor] for r in rows])) + 1
     report = {"protocol": f"Adam (lr {lr}) on cached, standardised features for {epochs} "
                           "epochs; the best validation-accuracy epoch kept",
-              "epoch": best_epoch, "val_accuracy": rows[best_epoch - 1].get("val_accuracy"),
+              "epoch": best_epoch, "val_accuracy": rows[best_epoch - 1]["val_accuracy"],
               "grid": rows}
     log.info("nn probe: epoch %d, validation accuracy %s", best_epoch, report["val_accuracy"])
     return report

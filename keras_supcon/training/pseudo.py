@@ -41,7 +41,6 @@ from keras_supcon.models import build_classifier, build_encoder
 from keras_supcon.training.distribute import precision_policy
 from keras_supcon.training.rundir import CONFIG_FILE, RunDir
 from keras_supcon.training.run import (
-    END_TO_END_LOSSES,
     TrainConfig,
     library_versions,
     train_classifier,
@@ -51,6 +50,7 @@ log = logging.getLogger(__name__)
 
 RATIOS = (0.0, 0.4, 1.0, 2.0, 10.0)  # unlabelled images per labelled image
 UNLABELLED_SOURCES = ("auto", "split", "holdout")
+PSEUDO_LOSSES = ("ce", "center")  # classifiers trained end to end on (pseudo-)labelled images
 RESULTS_FILE = "pseudo_label.json"
 
 
@@ -238,9 +238,9 @@ def run_pseudo_labelling(config=None, *, labelled=None, ratios=RATIOS, threshold
         saved = run.read_json(CONFIG_FILE)
         config = TrainConfig.from_dict(saved["settings"])
         config.out, study = str(run.path), saved["pseudo_labelling"]
-    if config.loss not in END_TO_END_LOSSES:
-        raise ConfigError(f"pseudo-labelling trains classifiers end to end: loss must be "
-                          f"{' or '.join(END_TO_END_LOSSES)}; got {config.loss!r}")
+    if config.loss not in PSEUDO_LOSSES:
+        raise ConfigError(f"pseudo-labelling trains classifiers end to end on images: loss "
+                          f"must be {' or '.join(PSEUDO_LOSSES)}; got {config.loss!r}")
     check_pseudo_settings(threshold=study["threshold"], rounds=study["rounds"],
                           unlabelled=study["unlabelled"], labelled=study["labelled"])
     if config.out is None:

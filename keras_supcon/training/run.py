@@ -30,7 +30,7 @@ import tensorflow as tf
 from keras_supcon.compression.export import check_saved_model, export_saved_model
 from keras_supcon.data import DataSplits, contrastive_batches, load_dataset, supervised_batches
 from keras_supcon.data.augment import default_policy_name, get_policy
-from keras_supcon.data.pipeline import check_contrastive_batch_size
+from keras_supcon.data.pipeline import check_contrastive_batch_size, joint_targets
 from keras_supcon.errors import ConfigError, check_choice
 from keras_supcon.evaluation import (
     classification_metrics,
@@ -49,7 +49,6 @@ from keras_supcon.losses import (
     SupConLoss,
     TripletLoss,
     joint_loss,
-    joint_targets,
 )
 from keras_supcon.losses.triplet import MINING
 from keras_supcon.models import (
@@ -173,6 +172,14 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d):
+        """Settings from ``config.json``; settings of runs made before a setting existed
+        mean what those runs did (no ``augmentation``: ``"simclr"``, the one policy
+        then; no ``probe_fit``: ``probe_solver`` lbfgs -> ``"cached"``, otherwise the
+        probe was trained on images)."""
+        d = dict(d)
+        d.setdefault("augmentation", "simclr")
+        if "probe_fit" not in d:
+            d["probe_fit"] = "cached" if d.get("probe_solver") == "lbfgs" else "images"
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 
