@@ -193,7 +193,7 @@ def test_settings_of_older_runs_mean_what_those_runs_did():
 
 def test_joint_supcon_ce_run(tmp_path):
     metrics = train(out=str(tmp_path / "joint"), loss="supcon+ce", supcon_weight=0.5,
-                    **dict(QUICK, epochs=2))
+                    **dict(QUICK, epochs=2, image_size=8))   # digits are 8x8
     history = list(csv.DictReader((tmp_path / "joint" / "history.csv").open()))
     assert [r["stage"] for r in history] == ["ce", "ce"]
     assert {"probabilities_loss", "projections_loss", "val_probabilities_accuracy"} <= set(
