@@ -42,6 +42,12 @@ def encode(encoder, split, image_size, *, batch_size=256, verbose=0):
     return np.asarray(features, dtype=np.float64), labels.astype(int)
 
 
+def encode_train_val(encoder, data, image_size, *, batch_size=256, verbose=0):
+    """:func:`encode` of the train and validation splits of ``data``."""
+    return tuple(encode(encoder, split, image_size, batch_size=batch_size, verbose=verbose)
+                 for split in (data.train, data.val))
+
+
 def standardiser(features):
     """``(mean, scale)`` of ``features`` [N, F] per column (a constant column: scale 1)."""
     mean = features.mean(axis=0)
@@ -97,8 +103,8 @@ def fit_linear_probe(classifier, encoder, data, image_size, *, batch_size=256, v
     """Fit the ``probabilities`` layer of ``classifier`` (a linear softmax on the frozen
     ``encoder``) by :func:`fit_logistic_probe` on the train / validation splits of
     ``data``; returns the report."""
-    train = encode(encoder, data.train, image_size, batch_size=batch_size, verbose=verbose)
-    val = encode(encoder, data.val, image_size, batch_size=batch_size, verbose=verbose)
+    train, val = encode_train_val(encoder, data, image_size, batch_size=batch_size,
+                                  verbose=verbose)
     kernel, bias, report = fit_logistic_probe(train, val, data.num_classes)
     layer = classifier.get_layer("probabilities")
     layer.set_weights([kernel.astype("float32"), bias.astype("float32")])
@@ -114,10 +120,8 @@ def fit_mlp_probe(classifier, encoder, data, image_size, *, epochs=100, lr=1e-3,
     with Adam at ``lr`` for ``epochs`` on the cached, standardised features of ``data``;
     the best validation-accuracy epoch is kept and the standardisation folded into
     ``hidden``. Returns the report (one history row per epoch)."""
-    train = encode(encoder, data.train, image_size, batch_size=batch_size_encode,
-                   verbose=verbose)
-    val = encode(encoder, data.val, image_size, batch_size=batch_size_encode, verbose=verbose)
-    (x, y), (xv, yv) = train, val
+    (x, y), (xv, yv) = encode_train_val(encoder, data, image_size,
+                                        batch_size=batch_size_encode, verbose=verbose)
     mean, scale = standardiser(x)
     hidden, softmax = classifier.get_layer("hidden"), classifier.get_layer("probabilities")
     inputs = keras.Input((x.shape[1],), name="features")

@@ -278,10 +278,14 @@ def pretraining_loss(config):
 def augmentation_policies(config, data):
     """``(views policy, classifier-stage policy)`` of a run of ``config`` on ``data``:
     ``config.augmentation`` (default: ``data``'s source default) with its overrides."""
-    name = config.augmentation or default_policy_name(data.name)
-    policy = get_policy(name, crop_scale=config.crop_scale, flip=config.flip,
-                        jitter=config.jitter)
+    policy = get_policy(augmentation_name(config, data), crop_scale=config.crop_scale,
+                        flip=config.flip, jitter=config.jitter)
     return policy, policy.weak()
+
+
+def augmentation_name(config, data):
+    """The named policy of a run: ``config.augmentation``, or ``data``'s source default."""
+    return config.augmentation or default_policy_name(data.name)
 
 
 def config_record(config, data):
@@ -289,9 +293,8 @@ def config_record(config, data):
     spelled out (``name``: the named policy, the data source's default when
     ``settings.augmentation`` is None), the library versions."""
     views, weak = augmentation_policies(config, data)
-    name = config.augmentation or default_policy_name(data.name)
     return {"settings": asdict(config), "versions": library_versions(),
-            "augmentation": {"name": name, "views": views.to_dict(),
+            "augmentation": {"name": augmentation_name(config, data), "views": views.to_dict(),
                              "classifier": weak.to_dict()}}
 
 
