@@ -81,12 +81,9 @@ def markdown(rows):
 
 
 def figure(rows, path, title):
-    import matplotlib
+    from keras_supcon.evaluation.figures import new_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = new_figure(1, 2, figsize=(11, 4.2))
     for ax, key, label in [(axes[0], "accuracy", "test accuracy (classifier)"),
                            (axes[1], "knn_accuracy", "kNN accuracy of the encoder (k=20)")]:
         for loss in dict.fromkeys(r["loss"] for r in rows):

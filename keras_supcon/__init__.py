@@ -16,9 +16,15 @@ __version__ = "0.1.0"
 
 import os  # noqa: E402
 
-# TensorFlow's C++ warnings (grappler cost-model noise on every augmentation
-# graph) drown the progress bars; set TF_CPP_MIN_LOG_LEVEL yourself to see them.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from keras_supcon._launch import launched_as_command  # noqa: E402
+
+# Imported by user code, the package leaves the environment alone. Started as one
+# of its commands (keras-supcon-train, python -m keras_supcon.train, ...), the
+# process is ours: TensorFlow's C++ messages (grappler cost-model noise on every
+# augmentation graph) would drown the progress bars, so they are hidden unless
+# TF_CPP_MIN_LOG_LEVEL is set. It must be set before TensorFlow is imported.
+if launched_as_command():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from keras_supcon import compression, data, evaluation, losses, models  # noqa: E402
 from keras_supcon.compression.run import PruneConfig, prune_run  # noqa: E402

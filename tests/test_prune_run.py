@@ -16,7 +16,7 @@ import tensorflow as tf
 from keras_supcon.compression.prune import kernels, prunable_layers
 from keras_supcon.compression.run import prune_run
 from keras_supcon.data import load_dataset, supervised_batches
-from keras_supcon.prune import main
+from keras_supcon.cli.prune import main
 from keras_supcon.training import train
 
 QUICK_PRUNE = dict(epochs=1, verbose=0)
@@ -213,7 +213,7 @@ def test_readme_prune_commands_parse():
     import shlex
     from pathlib import Path
 
-    from keras_supcon.prune import build_parser
+    from keras_supcon.cli.prune import build_parser
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     lines = [line.split("#")[0] for line in readme.splitlines()

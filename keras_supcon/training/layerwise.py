@@ -223,10 +223,9 @@ def without_optimizer(model):
     return copy
 
 
-def apply_batched(fn, x, batch_size=PREDICT_BATCH):
-    """``fn`` (a model or layer, called eagerly without training) over ``x`` in batches."""
-    return np.concatenate([np.asarray(fn(x[i:i + batch_size], training=False))
-                           for i in range(0, len(x), batch_size)])
+def apply_batched(model, x, batch_size=PREDICT_BATCH):
+    """``model.predict`` over the array ``x`` (inference: no noise, no dropout)."""
+    return model.predict(x, batch_size=batch_size, verbose=0)
 
 
 def hidden_codes(mlp, images, layer):
@@ -237,7 +236,7 @@ def hidden_codes(mlp, images, layer):
 def encode(autoencoders, x):
     """``x`` through the encoders of ``autoencoders`` in turn (each feeds the next)."""
     for ae in autoencoders:
-        x = apply_batched(ae.get_layer("encoder"), x)
+        x = apply_batched(keras.Model(ae.input, ae.get_layer("encoder").output), x)
     return x
 
 
@@ -390,10 +389,10 @@ def reconstruction_errors(autoencoders, arrays, history=()):
 def plot_layerwise_curves(history, title=""):
     """Reconstruction error per epoch of each auto-encoder (left, log scale), and
     fine-tuning loss (middle) and accuracy (right)."""
-    import matplotlib.pyplot as plt
+    from keras_supcon.evaluation.figures import new_figure
     from matplotlib.ticker import MaxNLocator
 
-    fig, (ax_ae, ax_loss, ax_acc) = plt.subplots(1, 3, figsize=(15, 4))
+    fig, (ax_ae, ax_loss, ax_acc) = new_figure(1, 3, figsize=(15, 4))
     stages = list(dict.fromkeys(r["stage"] for r in history))
     for i, stage in enumerate(s for s in stages if s != FINETUNE):
         rows = [r for r in history if r["stage"] == stage]

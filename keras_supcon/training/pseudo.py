@@ -321,13 +321,13 @@ def pseudo_table(rows, threshold):
 
 
 def write_pseudo_report(run, rows, study, config, dataset, n_labelled):
-    import matplotlib.pyplot as plt
+    from keras_supcon.evaluation.figures import new_figure
 
     last = {}
     for r in rows:  # the last round of each ratio
         last[r["ratio"]] = r
     final = list(last.values())
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = new_figure(figsize=(6.5, 4))
     x = np.arange(len(final))
     ax.plot(x, [r["test"]["accuracy"] for r in final], "o-", label="test accuracy")
     ax.plot(x, [r["test"]["f1_macro"] for r in final], "s--", label="test macro F1")

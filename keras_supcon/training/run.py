@@ -573,7 +573,8 @@ def _fine_tune(encoder, data, probe, out, overwrite, settings):
     run.init_state()
     keras.utils.set_random_seed(config.seed)
     classifier = _train_probe(config, data, run, encoder)
-    probs, labels = predict(classifier, supervised_batches(data.test, config.image_size, 256))
+    probs, labels = predict(classifier, supervised_batches(data.test, config.image_size, 256),
+                            config.verbose)
     metrics = classification_metrics(labels, probs, data.class_names)
     metrics.update(dataset=data.name, probe=probe, run_dir=str(run.path))
     run.write_json("metrics.json", metrics)
@@ -584,7 +585,7 @@ def _fine_tune(encoder, data, probe, out, overwrite, settings):
 def evaluate_run(config, data, run, classifier, encoder):
     """Test metrics, figures and SavedModel export of a trained classifier."""
     test_ds = supervised_batches(data.test, config.image_size, 256)
-    probs, labels = predict(classifier, test_ds)
+    probs, labels = predict(classifier, test_ds, config.verbose)
     metrics = classification_metrics(labels, probs, data.class_names)
     metrics.update(dataset=data.name, backbone=config.backbone, loss=config.loss,
                    split_sizes=data.sizes)
@@ -596,9 +597,9 @@ def evaluate_run(config, data, run, classifier, encoder):
              f"test accuracy {metrics['accuracy']:.3f}")
 
     run.save_figure(plot_curves(read_history(run), title), "curves.png")
-    embeddings, emb_labels = predict(encoder, test_ds)
-    train_emb, train_labels = predict(encoder, supervised_batches(data.train, config.image_size,
-                                                                  256))
+    embeddings, emb_labels = predict(encoder, test_ds, config.verbose)
+    train_emb, train_labels = predict(
+        encoder, supervised_batches(data.train, config.image_size, 256), config.verbose)
     metrics["embedding"] = embedding_metrics(train_emb, train_labels, embeddings, emb_labels)
     points, point_labels = tsne_embedding(embeddings, emb_labels, max_per_class=500,
                                           seed=config.seed)

@@ -126,11 +126,8 @@ class RunDir:
             raise RunDirError(f"{path} is not valid JSON ({exc})") from None
 
     def save_figure(self, fig, name):
-        import matplotlib.pyplot as plt
-
         with self.atomic_path(name) as tmp:
             fig.savefig(tmp, dpi=120, bbox_inches="tight")
-        plt.close(fig)
         return self.path / name
 
     def save_model(self, model, name):
