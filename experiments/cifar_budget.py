@@ -27,7 +27,7 @@ LOSSES = ("ce", "supcon", "supcon+ce")
 
 def run_one(out, loss, epochs, seed, image_size):
     from keras_supcon.training import train
-    from keras_supcon.training.rundir import RunDir
+    from keras_supcon.runs.rundir import RunDir
 
     path = Path(out) / f"{loss}-e{epochs}-s{seed}"
     run = RunDir(path)

@@ -12,11 +12,10 @@ Public API::
     from keras_supcon.compression import prune_classifier, to_tf_keras
 """
 
-__version__ = "0.1.0"
+import os
 
-import os  # noqa: E402
-
-from keras_supcon._launch import launched_as_command  # noqa: E402
+from keras_supcon._launch import launched_as_command
+from keras_supcon._version import __version__
 
 # Imported by user code, the package leaves the environment alone. Started as one
 # of its commands (keras-supcon-train, python -m keras_supcon.train, ...), the

@@ -4,8 +4,8 @@ import keras
 import numpy as np
 import pytest
 
-from keras_supcon.training.callbacks import stage_callbacks
-from keras_supcon.training.rundir import RunDir
+from keras_supcon.runs.callbacks import stage_callbacks
+from keras_supcon.runs.rundir import RunDir
 
 # validation accuracy per epoch: the best is epoch 2; the run is killed after epoch 4
 # (the best one and two worse), and epoch 5 after the resume is worse again

@@ -73,7 +73,7 @@ def test_importing_and_plotting_change_nothing_in_the_users_process(tmp_path):
         before = dict(os.environ)
         import keras_supcon
         from keras_supcon.evaluation.figures import plot_curves
-        from keras_supcon.training.rundir import RunDir
+        from keras_supcon.runs.rundir import RunDir
         history = [{{"stage": "ce", "epoch": e, "loss": 1.0 / e, "accuracy": 0.5,
                     "val_loss": 1.2 / e, "val_accuracy": 0.4}} for e in (1, 2, 3)]
         path = RunDir({str(tmp_path)!r}).save_figure(plot_curves(history, "t"), "curves.png")

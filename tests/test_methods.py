@@ -22,9 +22,10 @@ from keras_supcon.training.pseudo import (
     split_pools,
 )
 from keras_supcon.models.batchnorm import batchnorm_layers
-from keras_supcon.training import callbacks as callbacks_module
+from keras_supcon.runs import callbacks as callbacks_module
 from keras_supcon.training import run as run_module
-from keras_supcon.training.run import center_loss_model, pretraining_loss, TrainConfig
+from keras_supcon.losses.registry import build_pretraining_loss as pretraining_loss
+from keras_supcon.training.run import TrainConfig, center_loss_model
 
 QUICK = dict(backbone="small_resnet", image_size=8, epochs=1, linear_epochs=1, batch_size=32,
              verbose=0)

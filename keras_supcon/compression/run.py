@@ -32,7 +32,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_supcon.compression.export import check_saved_model, export_saved_model
+from keras_supcon.runs.export import check_saved_model, export_saved_model
 from keras_supcon.compression.lottery import lottery_ticket
 from keras_supcon.compression.prune import (
     SCHEDULES,
@@ -60,7 +60,7 @@ from keras_supcon.evaluation.tables import markdown_table
 from keras_supcon.errors import ConfigError, RunDirError, check_choice
 from keras_supcon.evaluation import classification_metrics, predict
 from keras_supcon.models.batchnorm import precise_batchnorm
-from keras_supcon.training.rundir import CONFIG_FILE, RunDir
+from keras_supcon.runs.rundir import CONFIG_FILE, RunDir
 from keras_supcon.training.run import TrainConfig, augmentation_policies
 
 log = logging.getLogger(__name__)
@@ -216,8 +216,7 @@ class _Context:
             log.info("%s: finished earlier, reusing its report", path)
             return job.read_json("compression.json")
         job = RunDir.prepare(path, overwrite=True)
-        job.write_json(CONFIG_FILE, {"settings": settings, "run_dir": str(self.run)})
-        job.init_state()
+        job.start(settings, run_dir=str(self.run))
         started = time.time()
         extra = {}
         if method == "lottery":

@@ -25,9 +25,9 @@ import numpy as np
 from keras_supcon.errors import ConfigError, RunDirError
 from keras_supcon.evaluation.figures import history_value, new_figure
 from keras_supcon.evaluation.tables import markdown_table
-from keras_supcon.training.callbacks import read_history
-from keras_supcon.training.rundir import CONFIG_FILE, STATE_FILE, RunDir
-from keras_supcon.training.run import END_TO_END_LOSSES, LOSS_SETTINGS, uses_setting
+from keras_supcon.losses.registry import loss_names, loss_specific_settings, uses_setting
+from keras_supcon.runs.callbacks import read_history
+from keras_supcon.runs.rundir import CONFIG_FILE, STATE_FILE, RunDir
 
 CLASSIFICATION = [("f1_macro", "F1"), ("accuracy", "Accuracy"), ("precision_macro", "Precision"),
                   ("recall_macro", "Recall")]
@@ -142,7 +142,7 @@ def _row_label(run, varying):
 
 def _group_label(run, varying):
     """What a run is compared on across losses: backbone and shared varying settings."""
-    return _row_label(run, [k for k in varying if k not in LOSS_SETTINGS])
+    return _row_label(run, [k for k in varying if k not in loss_specific_settings()])
 
 
 def _status_cell(run):
@@ -270,7 +270,7 @@ def plot_all_curves(runs, varying):
         history = read_history(RunDir(r.path))
         label = f"{_row_label(r, varying)} | {r.settings.get('loss')}"
         color = matplotlib.colormaps["tab10"](i % 10)
-        stage = "ce" if r.settings.get("loss") in END_TO_END_LOSSES else "linear"
+        stage = "ce" if r.settings.get("loss") in loss_names("end_to_end") else "linear"
         rows = [h for h in history if h["stage"] == stage]
         ax_acc.plot([h["epoch"] for h in rows], [history_value(h, "val_accuracy") for h in rows],
                     marker="o", ms=3, color=color, ls="-" if stage == "ce" else "--",

@@ -22,7 +22,7 @@ import keras
 from keras_supcon.errors import ConfigError
 from keras_supcon.evaluation.report import check_report_name, write_report
 from keras_supcon.models.backbones import BACKBONES
-from keras_supcon.training.rundir import CONFIG_FILE, STATE_FILE, RunDir
+from keras_supcon.runs.rundir import CONFIG_FILE, STATE_FILE, RunDir
 from keras_supcon.training.run import LOSSES, TrainConfig, train, uses_setting
 
 log = logging.getLogger(__name__)

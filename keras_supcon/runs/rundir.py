@@ -22,6 +22,20 @@ STATE_FILE = "state.json"
 CONFIG_FILE = "config.json"
 
 
+def library_versions():
+    """The versions ``config.json`` records beside a run's settings."""
+    import keras
+    import numpy as np
+    import sklearn
+    import tensorflow as tf
+
+    from keras_supcon._version import __version__
+
+    return {"keras_supcon": __version__, "keras": keras.__version__,
+            "tensorflow": tf.__version__, "scikit-learn": sklearn.__version__,
+            "numpy": np.__version__, "backend": keras.backend.backend()}
+
+
 def open_run(config, *, resume=False, overwrite=False):
     """``(config, run)`` of a job: a new run directory ``config.out``, or (``resume``)
     the interrupted run there with its saved settings (``config.json``) restored.
@@ -147,6 +161,29 @@ class RunDir:
 
     def init_state(self):
         self.write_json(STATE_FILE, {"completed": [], "finished": False})
+
+    # ------------------------------------------------------------ lifecycle
+    def start(self, settings, **record):
+        """Begin a new run: ``config.json`` = ``{"settings": settings, **record,
+        "versions": ...}`` and no completed stage."""
+        self.write_json(CONFIG_FILE, {"settings": settings, **record,
+                                      "versions": library_versions()})
+        self.init_state()
+
+    def stage(self, name, train, file, *, saved=None):
+        """The model of stage ``name``: loaded from ``file`` when the stage finished
+        before (an interrupted run resumed); else ``train()``'s model, written to
+        ``file`` (``saved(model)`` when given, e.g. without its optimizer) and the
+        stage marked done. A stage in progress continues from its checkpoints
+        (:func:`~keras_supcon.runs.callbacks.stage_callbacks`)."""
+        import keras
+
+        if self.stage_done(name):
+            return keras.models.load_model(self.file(file))
+        model = train()
+        self.save_model(saved(model) if saved else model, file)
+        self.mark_stage_done(name)
+        return model
 
     def stage_done(self, stage):
         return stage in self.state()["completed"]
