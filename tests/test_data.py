@@ -22,6 +22,7 @@ from keras_supcon.data.augment import (
     make_views,
 )
 from keras_supcon.errors import ConfigError, DataError, OfflineError
+from roundtrip import assert_layer_round_trip
 
 
 def _first(ds):
@@ -244,7 +245,7 @@ def test_augment_layer_in_a_model_reloads_with_the_same_views(tmp_path):
     model.save(tmp_path / "supcon.keras")
     loaded = keras.models.load_model(tmp_path / "supcon.keras")
     np.testing.assert_array_equal(loaded(images, training=True).numpy(), fresh)
-    layer = loaded.get_layer("augment")
+    layer = assert_layer_round_trip(loaded.get_layer("augment"))
     assert (layer.policy, layer.views, layer.seed) == (get_policy("simclr"), 2, 7)
     # inference: no augmentation, the same two views
     out = loaded(images, training=False).numpy()
