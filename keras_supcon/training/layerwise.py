@@ -52,9 +52,10 @@ from keras_supcon.evaluation import (
     plot_tsne,
     tsne_embedding,
 )
-from keras_supcon.runs.callbacks import read_history, stage_callbacks
-from keras_supcon.training.optim import OPTIMIZERS, make_optimizer, steps_per_epoch
+from keras_supcon.runs.callbacks import read_history
 from keras_supcon.runs.rundir import open_run
+from keras_supcon.training.optim import OPTIMIZERS
+from keras_supcon.training.run import fit_stage
 
 log = logging.getLogger(__name__)
 
@@ -262,24 +263,6 @@ def pixels(images):
 
 
 # ------------------------------------------------------------------ stages
-def fit_stage(model, x, y, validation_data, *, run, stage, config, loss, metrics, monitor, mode,
-              epochs, lr, extra_callbacks=()):
-    """Compile and train ``model`` as stage ``stage`` of ``run`` (history, per-epoch
-    checkpoint, best epoch on ``monitor`` kept, optional early stopping; then
-    ``extra_callbacks``)."""
-    steps = steps_per_epoch(len(x), config.batch_size)
-    model.compile(
-        optimizer=make_optimizer(config.optimizer, lr, total_steps=epochs * steps,
-                                 weight_decay=config.weight_decay,
-                                 warmup_fraction=config.warmup_fraction),
-        loss=loss, metrics=metrics)
-    callbacks = stage_callbacks(run, stage, monitor=monitor, mode=mode, epochs=epochs,
-                                patience=config.early_stopping) + list(extra_callbacks)
-    log.info("stage %s: %d epochs of %d steps", stage, epochs, steps)
-    model.fit(x, y, batch_size=config.batch_size, epochs=epochs, validation_data=validation_data,
-              callbacks=callbacks, shuffle=True, verbose=config.verbose)
-
-
 def _pretrain(config, arrays, run):
     """Stages ``ae1 .. aeK``: the trained auto-encoders (loaded where already done)."""
     x_train, x_val = pixels(arrays["train"][0]), pixels(arrays["val"][0])
@@ -291,7 +274,7 @@ def _pretrain(config, arrays, run):
             ae = build_autoencoder(x_train.shape[1], width, activation=config.activation,
                                    output_activation=decoder_activation(k, config.activation),
                                    noise=config.noise, name=f"autoencoder_{k}")
-            fit_stage(ae, x_train, x_train, (x_val, x_val), run=run, stage=stage, config=config,
+            fit_stage(ae, (x_train, x_train), (x_val, x_val), run=run, stage=stage, config=config,
                       loss="mse", metrics=None, monitor="val_loss", mode="min",
                       epochs=config.pretrain_epochs, lr=config.pretrain_lr)
             return ae
@@ -309,7 +292,7 @@ def _finetune(config, arrays, run, num_classes, autoencoders):
     if autoencoders:
         init_from_autoencoders(classifier, autoencoders)
     (x_train, y_train), val = arrays["train"], arrays["val"]
-    fit_stage(classifier, x_train, y_train, val, run=run, stage=FINETUNE, config=config,
+    fit_stage(classifier, (x_train, y_train), val, run=run, stage=FINETUNE, config=config,
               loss="sparse_categorical_crossentropy", metrics=["accuracy"],
               monitor="val_accuracy", mode="max", epochs=config.epochs, lr=config.lr)
     return classifier

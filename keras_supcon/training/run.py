@@ -266,16 +266,29 @@ def _clean_batches(config, data):
                               drop_remainder=config.strategy == "data-parallel")
 
 
-def _fit(model, loss, metrics, train_ds, val_ds, *, run, stage, epochs, steps, lr, monitor,
-         mode, config, extra_callbacks=(), precise_bn=None, loss_weights=None):
-    """``model.fit`` as stage ``stage`` of ``run``. ``precise_bn=(target, data)``: the
-    BatchNorm statistics of ``target`` are recomputed over clean training batches
-    before each validation pass and at the end (``config.precise_bn_batches``)."""
+def fit_stage(model, train, val, *, run, stage, config, loss, metrics, monitor, mode, epochs,
+              lr, steps=None, extra_callbacks=(), precise_bn=None, loss_weights=None):
+    """Compile and ``model.fit`` ``model`` as stage ``stage`` of ``run``: history,
+    per-epoch checkpoints, the best epoch on ``monitor`` kept (also across
+    ``--resume``), optional early stopping, then ``extra_callbacks``.
+
+    ``train``: a tf.data dataset of batches (``steps`` per epoch; it shuffles
+    itself), or ``(x, y)`` arrays, batched by ``config.batch_size`` and shuffled
+    each epoch. ``precise_bn=(target, data)``: the BatchNorm statistics of
+    ``target`` are recomputed over clean training batches before each validation
+    pass and at the end (``config.precise_bn_batches``).
+    """
+    if isinstance(train, tuple):
+        x, y = train
+        steps = steps_per_epoch(len(x), config.batch_size)
+        data_args = dict(x=x, y=y, batch_size=config.batch_size, shuffle=True)
+    else:
+        data_args = dict(x=train, shuffle=False)
     model.compile(
         optimizer=make_optimizer(config.optimizer, lr, total_steps=epochs * steps,
                                  weight_decay=config.weight_decay,
                                  warmup_fraction=config.warmup_fraction,
-                                 clipnorm=config.clipnorm),
+                                 clipnorm=getattr(config, "clipnorm", None)),
         loss=loss,
         loss_weights=loss_weights,
         metrics=metrics,
@@ -288,9 +301,8 @@ def _fit(model, loss, metrics, train_ds, val_ds, *, run, stage, epochs, steps, l
         clean = _clean_batches(config, data)
         callbacks.insert(0, PreciseBatchNorm(target, clean, config.precise_bn_batches))
     log.info("stage %s: %d epochs of %d steps", stage, epochs, steps)
-    # shuffle=False: the tf.data pipelines shuffle themselves.
-    model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks,
-              verbose=config.verbose, shuffle=False)
+    model.fit(**data_args, validation_data=val, epochs=epochs, callbacks=callbacks,
+              verbose=config.verbose)
     if calibrate:  # the weights kept (best epoch) with statistics of their own
         precise_batchnorm(target, clean, max_batches=config.precise_bn_batches)
 
@@ -314,10 +326,11 @@ def _pretrain(config, data, run, encoder):
     # recomputed through encoder + head on clean images (shared layers).
     target = (keras.Model(encoder.inputs, head(encoder.outputs[0]), name="encoder_and_head")
               if batchnorm_layers(head) else encoder)
-    _fit(model, build_pretraining_loss(config), None, train_ds, val_ds, run=run, stage="pretrain",
-         epochs=config.epochs, steps=steps_per_epoch(n_train, config.batch_size, True),
-         lr=config.lr, monitor="val_loss" if val_ds is not None else "loss", mode="min",
-         config=config, precise_bn=(target, data))
+    fit_stage(model, train_ds, val_ds, loss=build_pretraining_loss(config), metrics=None,
+              run=run, stage="pretrain", epochs=config.epochs, lr=config.lr,
+              steps=steps_per_epoch(n_train, config.batch_size, True),
+              monitor="val_loss" if val_ds is not None else "loss", mode="min", config=config,
+              precise_bn=(target, data))
 
 
 def center_loss_model(classifier, num_classes, weight, alpha):
@@ -360,11 +373,12 @@ def train_classifier(config, data, run, classifier, stage, epochs, lr, extra_cal
         train_ds, val_ds = _labels_as_input(train_ds), _labels_as_input(val_ds)
     # A frozen encoder's BatchNorm does not train: its statistics were made precise before.
     trains_bn = any(layer.trainable for layer in batchnorm_layers(classifier))
-    _fit(classifier, "sparse_categorical_crossentropy", ["accuracy"], train_ds, val_ds, run=run,
-         stage=stage, epochs=epochs, steps=steps_per_epoch(n_train, config.batch_size, whole),
-         lr=lr, monitor="val_accuracy", mode="max", config=config,
-         extra_callbacks=extra_callbacks,
-         precise_bn=(inference_model, data) if trains_bn else None)
+    fit_stage(classifier, train_ds, val_ds, loss="sparse_categorical_crossentropy",
+              metrics=["accuracy"], run=run, stage=stage, epochs=epochs, lr=lr,
+              steps=steps_per_epoch(n_train, config.batch_size, whole),
+              monitor="val_accuracy", mode="max", config=config,
+              extra_callbacks=extra_callbacks,
+              precise_bn=(inference_model, data) if trains_bn else None)
 
 
 def train_joint(config, data, run, classifier, encoder):
@@ -387,10 +401,11 @@ def train_joint(config, data, run, classifier, encoder):
     model = build_joint_model(encoder, head, classifier, views=views)
     args = joint_loss(supcon_weight=config.supcon_weight, temperature=config.temperature,
                       variant=config.variant)
-    _fit(model, args["loss"], args["metrics"], train_ds, val_ds, run=run, stage="ce",
-         epochs=config.epochs, steps=steps_per_epoch(n_train, config.batch_size, True),
-         lr=config.lr, monitor="val_probabilities_accuracy", mode="max", config=config,
-         precise_bn=(encoder, data), loss_weights=args["loss_weights"])
+    fit_stage(model, train_ds, val_ds, loss=args["loss"], metrics=args["metrics"], run=run,
+              stage="ce", epochs=config.epochs, lr=config.lr,
+              steps=steps_per_epoch(n_train, config.batch_size, True),
+              monitor="val_probabilities_accuracy", mode="max", config=config,
+              precise_bn=(encoder, data), loss_weights=args["loss_weights"])
 
 
 def train(config=None, *, resume=False, overwrite=False, **settings):
