@@ -228,7 +228,7 @@ def test_a_finished_job_with_other_settings_is_not_reused(sweep, capsys):
     run, _, _ = sweep
     assert main([str(run), "--sparsity", "0.5", "--epochs", "2", "--no-tflite"]) == 2
     err = capsys.readouterr().err
-    assert "holds a finished job with other settings (epochs 1 -> 2)" in err
+    assert "holds a finished job with other settings (epochs: 1 there, 2 now)" in err
 
 
 def test_pruning_leaves_tf_keras_and_the_environment_as_they_were(trained_run, tmp_path):

@@ -58,6 +58,15 @@ def open_run(config, *, resume=False, overwrite=False):
     return config, run
 
 
+def settings_changes(saved, wanted):
+    """``["key: <saved> there, <wanted> now", ...]`` for the settings of ``wanted``
+    (a dict) that differ from ``saved`` (a run's ``config.json`` settings), compared
+    as JSON stores them (tuples as lists)."""
+    saved, wanted = json.loads(json.dumps(saved)), json.loads(json.dumps(wanted))
+    return [f"{k}: {saved.get(k)} there, {v} now" for k, v in wanted.items()
+            if saved.get(k) != v]
+
+
 class RunDir:
     def __init__(self, path):
         self.path = Path(path)
