@@ -26,8 +26,8 @@ LOSSES = ("ce", "supcon", "supcon+ce")
 
 
 def run_one(out, loss, epochs, seed, image_size):
-    from keras_supcon.training import train
     from keras_supcon.runs.rundir import RunDir
+    from keras_supcon.training import train
 
     path = Path(out) / f"{loss}-e{epochs}-s{seed}"
     run = RunDir(path)
@@ -81,6 +81,8 @@ def markdown(rows):
 
 
 def figure(rows, path, title):
+    import matplotlib.ticker
+
     from keras_supcon.evaluation.figures import new_figure
 
     fig, axes = new_figure(1, 2, figsize=(11, 4.2))

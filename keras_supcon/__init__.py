@@ -34,6 +34,7 @@ from keras_supcon.errors import (  # noqa: E402
     OfflineError,
     RunDirError,
 )
+
 # Not named ``train``: that name is the CLI module ``keras_supcon.train``.
 from keras_supcon.training import TrainConfig  # noqa: E402
 from keras_supcon.training import train as run_training  # noqa: E402

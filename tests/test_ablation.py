@@ -14,11 +14,11 @@ import pytest
 
 import keras_supcon.training.run as run_module
 from keras_supcon.cli.ablation import main as ablation_main
+from keras_supcon.cli.report import main as report_main
 from keras_supcon.data import load_dataset, supervised_batches
 from keras_supcon.errors import ConfigError, RunDirError
 from keras_supcon.evaluation import predict
 from keras_supcon.evaluation.report import collect_runs, write_report
-from keras_supcon.cli.report import main as report_main
 from keras_supcon.training.ablation import parse_grid, plan, run_ablation
 from keras_supcon.training.probe import C_GRID
 

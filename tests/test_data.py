@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
+from roundtrip import assert_layer_round_trip
 
 from keras_supcon.data import (
     AugmentPolicy,
@@ -22,7 +23,6 @@ from keras_supcon.data.augment import (
     make_views,
 )
 from keras_supcon.errors import ConfigError, DataError, OfflineError
-from roundtrip import assert_layer_round_trip
 
 
 def _first(ds):

@@ -6,13 +6,13 @@ gradients are checked against central finite differences of the references.
 
 import math
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-
-import keras
-from keras_supcon.losses import NPairsLoss, SimCLRLoss, SupConLoss, npairs_loss, supcon_loss
 from roundtrip import assert_loss_round_trip
+
+from keras_supcon.losses import NPairsLoss, SimCLRLoss, SupConLoss, npairs_loss, supcon_loss
 
 
 # ----------------------------------------------------------------- references

@@ -7,11 +7,13 @@ gradients are checked against central finite differences of the references.
 import math
 import zlib
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from roundtrip import assert_layer_round_trip, assert_loss_round_trip
+from test_losses import LABEL_PATTERNS, numeric_grad, tf_value_and_grad
 
-import keras
 from keras_supcon.losses import (
     BarlowTwinsLoss,
     CenterLoss,
@@ -22,8 +24,6 @@ from keras_supcon.losses import (
     triplet_loss,
     update_centers,
 )
-from roundtrip import assert_layer_round_trip, assert_loss_round_trip
-from test_losses import LABEL_PATTERNS, numeric_grad, tf_value_and_grad
 
 
 # ----------------------------------------------------------------- references

@@ -1,6 +1,5 @@
 """docs/quickstart.ipynb runs top to bottom (a tiny budget), as a Colab user would run it."""
 
-import os
 from pathlib import Path
 
 import nbformat

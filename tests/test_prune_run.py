@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from keras_supcon.cli.prune import main
 from keras_supcon.compression.prune import kernels, prunable_layers
 from keras_supcon.compression.run import prune_run
 from keras_supcon.data import load_dataset, supervised_batches
-from keras_supcon.cli.prune import main
 from keras_supcon.training import train
 
 QUICK_PRUNE = dict(epochs=1, verbose=0)

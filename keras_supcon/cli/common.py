@@ -49,8 +49,8 @@ def add_training_arguments(p, *, single_run=True):
     which the caller replaces by lists.
     """
     from keras_supcon.data.augment import POLICIES
-    from keras_supcon.models.backbones import BACKBONES
     from keras_supcon.losses.triplet import MINING
+    from keras_supcon.models.backbones import BACKBONES
     from keras_supcon.training.distribute import STRATEGIES
     from keras_supcon.training.run import LOSSES, PROBE_FITS, PROBES, TrainConfig
 

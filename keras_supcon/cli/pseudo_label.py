@@ -60,7 +60,7 @@ def main(argv=None):
     apply_config_file(parser, argv)
     args = vars(parser.parse_args(argv))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from keras_supcon.training.pseudo import run_pseudo_labelling, ratio_label
+    from keras_supcon.training.pseudo import ratio_label, run_pseudo_labelling
     from keras_supcon.training.run import TrainConfig
 
     args.pop("config")

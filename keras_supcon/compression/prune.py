@@ -17,8 +17,8 @@ import keras
 import numpy as np
 
 from keras_supcon.compression.twin import to_keras, to_tf_keras
-from keras_supcon.models.batchnorm import leaf_layers, precise_batchnorm
 from keras_supcon.errors import ConfigError
+from keras_supcon.models.batchnorm import leaf_layers, precise_batchnorm
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_supcon.runs.export import check_saved_model, export_saved_model
 from keras_supcon.compression.lottery import lottery_ticket
 from keras_supcon.compression.prune import (
     SCHEDULES,
@@ -55,10 +54,11 @@ from keras_supcon.compression.sensitivity import (
     predicted_drop,
 )
 from keras_supcon.data import load_dataset, supervised_batches
-from keras_supcon.evaluation.tables import markdown_table
 from keras_supcon.errors import ConfigError, RunDirError, check_choice
 from keras_supcon.evaluation import classification_metrics, predict
+from keras_supcon.evaluation.tables import markdown_table
 from keras_supcon.models.batchnorm import precise_batchnorm
+from keras_supcon.runs.export import check_saved_model, export_saved_model
 from keras_supcon.runs.rundir import CONFIG_FILE, RunDir, settings_changes
 from keras_supcon.training.run import TrainConfig, augmentation_policies
 

@@ -364,8 +364,9 @@ def reconstruction_errors(autoencoders, arrays, history=()):
 def plot_layerwise_curves(history, title=""):
     """Reconstruction error per epoch of each auto-encoder (left, log scale), and
     fine-tuning loss (middle) and accuracy (right)."""
-    from keras_supcon.evaluation.figures import new_figure
     from matplotlib.ticker import MaxNLocator
+
+    from keras_supcon.evaluation.figures import new_figure
 
     fig, (ax_ae, ax_loss, ax_acc) = new_figure(1, 3, figsize=(15, 4))
     stages = list(dict.fromkeys(r["stage"] for r in history))

@@ -32,7 +32,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_supcon.data import DataSplits, load_dataset, supervised_batches
+from keras_supcon.data import load_dataset, supervised_batches
 from keras_supcon.data.sources import load_unlabelled_split, split_indices
 from keras_supcon.errors import ConfigError, DataError
 from keras_supcon.evaluation import classification_metrics, predict

@@ -24,10 +24,8 @@ from datetime import datetime
 from pathlib import Path
 
 import keras
-import numpy as np
 import tensorflow as tf
 
-from keras_supcon.runs.export import check_saved_model, export_saved_model
 from keras_supcon.data import DataSplits, contrastive_batches, load_dataset, supervised_batches
 from keras_supcon.data.augment import default_policy_name, get_policy
 from keras_supcon.data.pipeline import check_contrastive_batch_size, joint_targets
@@ -42,7 +40,6 @@ from keras_supcon.evaluation import (
     tsne_embedding,
 )
 from keras_supcon.losses import CenterLoss, joint_loss
-from keras_supcon.losses.registry import LOSSES as LOSS_SPECS
 from keras_supcon.losses.registry import (
     END_TO_END,
     PRETRAIN,
@@ -51,6 +48,7 @@ from keras_supcon.losses.registry import (
     loss_specific_settings,
     uses_setting,
 )
+from keras_supcon.losses.registry import LOSSES as LOSS_SPECS
 from keras_supcon.losses.triplet import MINING
 from keras_supcon.models import (
     build_barlow_projector,
@@ -74,6 +72,8 @@ from keras_supcon.runs.callbacks import (
     stage_callbacks,
     write_history,
 )
+from keras_supcon.runs.export import check_saved_model, export_saved_model
+from keras_supcon.runs.rundir import RunDir, open_run
 from keras_supcon.training.distribute import (
     check_global_batch,
     check_strategy,
@@ -82,7 +82,6 @@ from keras_supcon.training.distribute import (
 )
 from keras_supcon.training.optim import OPTIMIZERS, make_optimizer, steps_per_epoch
 from keras_supcon.training.probe import fit_linear_probe, fit_mlp_probe
-from keras_supcon.runs.rundir import RunDir, open_run
 
 log = logging.getLogger(__name__)
 
