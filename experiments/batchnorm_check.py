@@ -5,10 +5,12 @@ recalibration (moving mean / variance recomputed over the training split, no wei
 
 Results and why: docs/experiments.md.
 """
-import sys, keras, numpy as np
+import keras
+
 from keras_supcon.data import load_dataset, supervised_batches
 from keras_supcon.evaluation import predict
 from keras_supcon.models import precise_batchnorm
+
 data = load_dataset("../shared/data/cifar10_subset.npz")
 for name, size in [("inceptionv3-ce", 75), ("inceptionresnetv2-ce", 75), ("densenet201-ce", 32)]:
     clf = keras.models.load_model(f"runs/backbone_ablation_cpu/{name}/classifier.keras")

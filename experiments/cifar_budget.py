@@ -26,8 +26,8 @@ LOSSES = ("ce", "supcon", "supcon+ce")
 
 
 def run_one(out, loss, epochs, seed, image_size):
+    from keras_supcon.runs.rundir import RunDir
     from keras_supcon.training import train
-    from keras_supcon.training.rundir import RunDir
 
     path = Path(out) / f"{loss}-e{epochs}-s{seed}"
     run = RunDir(path)
@@ -81,12 +81,11 @@ def markdown(rows):
 
 
 def figure(rows, path, title):
-    import matplotlib
+    import matplotlib.ticker
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from keras_supcon.evaluation.figures import new_figure
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = new_figure(1, 2, figsize=(11, 4.2))
     for ax, key, label in [(axes[0], "accuracy", "test accuracy (classifier)"),
                            (axes[1], "knn_accuracy", "kNN accuracy of the encoder (k=20)")]:
         for loss in dict.fromkeys(r["loss"] for r in rows):

@@ -36,8 +36,8 @@ def validation_accuracy(path):
 
 
 def run_one(out, base, setting, value):
+    from keras_supcon.runs.rundir import RunDir
     from keras_supcon.training import TrainConfig, train
-    from keras_supcon.training.rundir import RunDir
 
     name = "defaults" if value is None else f"{setting}={value:g}"
     path = Path(out) / name

@@ -12,13 +12,18 @@ Public API::
     from keras_supcon.compression import prune_classifier, to_tf_keras
 """
 
-__version__ = "0.1.0"
+import os
 
-import os  # noqa: E402
+from keras_supcon._launch import launched_as_command
+from keras_supcon._version import __version__
 
-# TensorFlow's C++ warnings (grappler cost-model noise on every augmentation
-# graph) drown the progress bars; set TF_CPP_MIN_LOG_LEVEL yourself to see them.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Imported by user code, the package leaves the environment alone. Started as one
+# of its commands (keras-supcon-train, python -m keras_supcon.train, ...), the
+# process is ours: TensorFlow's C++ messages (grappler cost-model noise on every
+# augmentation graph) would drown the progress bars, so they are hidden unless
+# TF_CPP_MIN_LOG_LEVEL is set. It must be set before TensorFlow is imported.
+if launched_as_command():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from keras_supcon import compression, data, evaluation, losses, models  # noqa: E402
 from keras_supcon.compression.run import PruneConfig, prune_run  # noqa: E402
@@ -29,6 +34,7 @@ from keras_supcon.errors import (  # noqa: E402
     OfflineError,
     RunDirError,
 )
+
 # Not named ``train``: that name is the CLI module ``keras_supcon.train``.
 from keras_supcon.training import TrainConfig  # noqa: E402
 from keras_supcon.training import train as run_training  # noqa: E402

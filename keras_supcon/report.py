@@ -1,40 +1,11 @@
-"""Command line: ``python -m keras_supcon.report RUNS_DIR [--name report] [--title ...]``.
+"""``python -m keras_supcon.report``: the ``keras-supcon-report`` command
+(:mod:`keras_supcon.cli.report`)."""
 
-Turns a folder of run directories (of keras_supcon.train or keras_supcon.ablation)
-into a markdown page with the tables and figures of an ablation: one table per
-loss (F1 | Accuracy | Precision | Recall), embedding quality, differences to
-ce, a CSV, a bar chart and the curves of every run. Only parses arguments: the
-work is :func:`keras_supcon.evaluation.report.write_report`.
-"""
-
-import argparse
 import sys
 
-from keras_supcon.cli import Parser, run_reporting_errors
+from keras_supcon.cli.report import build_parser, main
 
-
-def build_parser():
-    p = Parser(prog="python -m keras_supcon.report", description=__doc__.split("\n\n")[1],
-               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("runs_dir", metavar="RUNS_DIR", help="folder whose sub-folders are runs")
-    p.add_argument("--name", default="report",
-                   help="writes RUNS_DIR/NAME.md, NAME.csv and NAME_*.png")
-    p.add_argument("--title", default="Results")
-    return p
-
-
-def main(argv=None):
-    args = build_parser().parse_args(argv)
-    from keras_supcon.evaluation.report import write_report
-
-    path = run_reporting_errors(
-        lambda: write_report(args.runs_dir, name=args.name, title=args.title),
-        "run the same command again")
-    if isinstance(path, int):
-        return path
-    print(f"report: {path}")
-    return 0
-
+__all__ = ["build_parser", "main"]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,52 +1,11 @@
-"""Command line: ``python -m keras_supcon.train --backbone densenet201 [options]``.
+"""``python -m keras_supcon.train``: the ``keras-supcon-train`` command
+(:mod:`keras_supcon.cli.train`)."""
 
-Runs SupCon pre-training, linear evaluation, test metrics, figures and a
-SavedModel export into ``--out RUN_DIR``. Only parses arguments: the work is
-:func:`keras_supcon.training.train`.
-"""
-
-import argparse
-import logging
 import sys
 
-from keras_supcon.cli import Parser, add_training_arguments, run_reporting_errors, verbosity
+from keras_supcon.cli.train import build_parser, main
 
-
-def build_parser():
-    p = Parser(prog="python -m keras_supcon.train", description=__doc__.split("\n\n")[1],
-               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_training_arguments(p)
-    run = p.add_argument_group("run directory")
-    run.add_argument("--out", default=None,
-                     help="RUN_DIR (default: runs/<time>-<dataset>-<backbone>-<loss>)")
-    run.add_argument("--resume", action="store_true",
-                     help="continue the interrupted run in --out from its last checkpoint")
-    run.add_argument("--overwrite", action="store_true",
-                     help="replace a run already in --out")
-    run.add_argument("--verbose", default="auto", choices=("auto", "0", "1", "2"),
-                     help="Keras progress output (auto: progress bars)")
-    return p
-
-
-def main(argv=None):
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from keras_supcon.training.run import TrainConfig, train
-
-    settings = {k: v for k, v in vars(args).items() if k not in ("resume", "overwrite")}
-    settings["verbose"] = verbosity(settings["verbose"])
-    metrics = run_reporting_errors(
-        lambda: train(TrainConfig(**settings), resume=args.resume, overwrite=args.overwrite),
-        "continue with --resume --out RUN_DIR")
-    if isinstance(metrics, int):
-        return metrics
-    top_k = next(k for k in metrics if k.startswith("top"))
-    knn = metrics["embedding"]["knn_accuracy"]
-    print(f"test accuracy {metrics['accuracy']:.4f} | {top_k} {metrics[top_k]:.4f} | "
-          f"macro F1 {metrics['f1_macro']:.4f} | kNN accuracy of the encoder {knn:.4f} | "
-          f"run directory: {metrics['run_dir']}")
-    return 0
-
+__all__ = ["build_parser", "main"]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -27,7 +27,7 @@ else:
         cpu, [tf.config.LogicalDeviceConfiguration()] * replicas)
 
 if job:
-    from keras_supcon.train import main
+    from keras_supcon.cli.train import main
 
     sys.exit(main(sys.argv[3:]))
 

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 
 import keras_supcon.training.run as run_module
-from keras_supcon.ablation import main as ablation_main
+from keras_supcon.cli.ablation import main as ablation_main
+from keras_supcon.cli.report import main as report_main
 from keras_supcon.data import load_dataset, supervised_batches
 from keras_supcon.errors import ConfigError, RunDirError
 from keras_supcon.evaluation import predict
 from keras_supcon.evaluation.report import collect_runs, write_report
-from keras_supcon.report import main as report_main
 from keras_supcon.training.ablation import parse_grid, plan, run_ablation
 from keras_supcon.training.probe import C_GRID
 
@@ -316,7 +316,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 @pytest.mark.parametrize("config", sorted((Path(__file__).resolve().parents[1] /
                                           "experiments").glob("*.toml")), ids=lambda p: p.name)
 def test_experiment_configs_are_valid(config):
-    from keras_supcon.ablation import parse_args
+    from keras_supcon.cli.ablation import parse_args
 
     text = config.read_text()
     if "python -m keras_supcon.pseudo_label --config" in text:
@@ -331,8 +331,8 @@ def test_experiment_configs_are_valid(config):
 
 
 def _check_pseudo_label_config(config):
-    from keras_supcon.cli import apply_config_file
-    from keras_supcon.pseudo_label import STUDY, build_parser
+    from keras_supcon.cli.common import apply_config_file
+    from keras_supcon.cli.pseudo_label import STUDY, build_parser
     from keras_supcon.training.pseudo import check_pseudo_settings, parse_ratios
     from keras_supcon.training.run import TrainConfig
 
@@ -352,7 +352,7 @@ def _check_pseudo_label_config(config):
 def test_readme_ablation_commands_parse_and_plan():
     import shlex
 
-    from keras_supcon.ablation import parse_args
+    from keras_supcon.cli.ablation import parse_args
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     commands = [c.split("#")[0] for c in readme.replace("\\\n", " ").splitlines()

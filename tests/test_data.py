@@ -1,9 +1,11 @@
 import logging
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
+from roundtrip import assert_layer_round_trip
 
 from keras_supcon.data import (
     AugmentPolicy,
@@ -18,6 +20,7 @@ from keras_supcon.data.augment import (
     augment_batch,
     default_policy_name,
     get_policy,
+    make_views,
 )
 from keras_supcon.errors import ConfigError, DataError, OfflineError
 
@@ -211,3 +214,59 @@ def test_digits_policy_never_mirrors_and_none_is_identity():
 def test_source_defaults_look_through_file_and_tfds_config_names():
     assert default_policy_name("mnist.npz") == default_policy_name("emnist/letters") == "digits"
     assert default_policy_name("cifar10_subset.npz") == "simclr"
+
+
+# ------------------------------------------------------- the augmentation layer
+def test_augmentation_ops_are_seedable():
+    images = tf.constant(np.random.default_rng(0).uniform(0, 255, (6, 12, 12, 3)), tf.float32)
+    policy = get_policy("simclr")
+    a = augment_batch(images, policy, seed=tf.constant([1, 2]))
+    np.testing.assert_array_equal(a, augment_batch(images, policy, seed=tf.constant([1, 2])))
+    assert not np.array_equal(a, augment_batch(images, policy, seed=tf.constant([1, 3])))
+    views = make_views(images, 3, policy, seed=tf.constant([4, 5])).numpy()
+    assert views.shape == (6, 3, 12, 12, 3) and not np.array_equal(views[:, 0], views[:, 1])
+
+
+def test_augment_layer_in_a_model_reloads_with_the_same_views(tmp_path):
+    """A .keras file of a contrastive model holding the augmentation layer gives, for a
+    fixed seed, the outputs of the model it was saved from when that was fresh."""
+    from keras_supcon.data import RandomAugment
+    from keras_supcon.models import build_contrastive_model, build_encoder, build_projection_head
+
+    images = np.random.default_rng(1).uniform(0, 255, (4, 16, 16, 3)).astype("float32")
+    encoder = build_encoder("small_resnet", 16)
+    head = build_projection_head(encoder.output_shape[-1], 16, 8)
+    inputs = keras.Input((16, 16, 3))
+    views = RandomAugment("simclr", views=2, seed=7, name="augment")(inputs)
+    model = keras.Model(inputs, build_contrastive_model(encoder, head, views=2)(views))
+    fresh = model(images, training=True).numpy()
+    assert fresh.shape == (4, 2, 8)
+    assert not np.array_equal(fresh, model(images, training=True).numpy())  # a new draw
+    model.save(tmp_path / "supcon.keras")
+    loaded = keras.models.load_model(tmp_path / "supcon.keras")
+    np.testing.assert_array_equal(loaded(images, training=True).numpy(), fresh)
+    layer = assert_layer_round_trip(loaded.get_layer("augment"))
+    assert (layer.policy, layer.views, layer.seed) == (get_policy("simclr"), 2, 7)
+    # inference: no augmentation, the same two views
+    out = loaded(images, training=False).numpy()
+    np.testing.assert_allclose(out[:, 0], out[:, 1], rtol=1e-6)
+
+
+def test_augment_layer_in_tf_data_and_its_errors():
+    from keras_supcon.data import RandomAugment
+
+    images = np.random.default_rng(2).uniform(0, 255, (8, 12, 12, 3)).astype("float32")
+
+    def batches(seed):
+        ds = tf.data.Dataset.from_tensor_slices(images).batch(4)
+        return [b.numpy() for b in ds.map(RandomAugment("digits", seed=seed))]
+
+    first, again, other = batches(3), batches(3), batches(4)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not np.array_equal(first[0], other[0]) and not np.array_equal(first[0], first[1])
+    assert first[0].shape == (4, 12, 12, 3)
+    np.testing.assert_array_equal(RandomAugment("none")(images), images)
+    with pytest.raises(ConfigError, match="augmentation policy"):
+        RandomAugment("sepia")
+    with pytest.raises(ConfigError, match="views"):
+        RandomAugment("simclr", views=0)

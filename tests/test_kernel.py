@@ -4,10 +4,10 @@ replicas, gives the loss and gradient of the plain-loop float64 references."""
 import numpy as np
 import pytest
 import tensorflow as tf
+from test_losses import LABEL_PATTERNS, numeric_grad, ref_npairs, ref_supcon
 
 from keras_supcon.losses import kernel
 from keras_supcon.losses.similarity import l2_normalize
-from test_losses import LABEL_PATTERNS, numeric_grad, ref_npairs, ref_supcon
 
 MODE_REFS = {
     "supcon_out": lambda f, y, t: ref_supcon(f, y, t, "out"),

@@ -14,9 +14,9 @@ import pytest
 from threadpoolctl import threadpool_limits
 
 import keras_supcon.training.layerwise as layerwise
+from keras_supcon.cli.layerwise import main as layerwise_main
 from keras_supcon.data import load_dataset
 from keras_supcon.errors import ConfigError, RunDirError
-from keras_supcon.layerwise import main as layerwise_main
 from keras_supcon.training.layerwise import (
     LayerwiseConfig,
     encode,

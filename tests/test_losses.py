@@ -6,11 +6,12 @@ gradients are checked against central finite differences of the references.
 
 import math
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from roundtrip import assert_loss_round_trip
 
-import keras
 from keras_supcon.losses import NPairsLoss, SimCLRLoss, SupConLoss, npairs_loss, supcon_loss
 
 
@@ -210,12 +211,9 @@ def test_loss_classes_match_functions_and_serialise():
         (SimCLRLoss(temperature=0.3), lambda: supcon_loss(feats, None, temperature=0.3)),
         (NPairsLoss(temperature=0.1), None),
     ]:
-        value = float(loss(labels, feats))
+        value = assert_loss_round_trip(loss, labels, feats)
         if fn is not None:
             np.testing.assert_allclose(value, float(fn()), rtol=1e-6)
-        clone = keras.losses.deserialize(keras.losses.serialize(loss))
-        assert type(clone) is type(loss)
-        np.testing.assert_allclose(float(clone(labels, feats)), value, rtol=1e-6)
 
 
 def test_supcon_loss_in_model_fit_decreases():
@@ -290,3 +288,33 @@ def test_joint_model_probabilities_stay_float32_under_mixed_precision():
         keras.mixed_precision.set_global_policy("float32")
     assert out["probabilities"].dtype == "float32"
     assert out["projections"].shape == (4, 2, 5)
+
+
+def test_loss_registry_builds_every_pretraining_loss_and_knows_its_settings():
+    from keras_supcon.errors import ConfigError
+    from keras_supcon.losses.registry import (
+        END_TO_END,
+        LOSSES,
+        PRETRAIN,
+        build_pretraining_loss,
+        get_loss_spec,
+        uses_setting,
+    )
+    from keras_supcon.training import TrainConfig
+
+    assert {s.kind for s in LOSSES.values()} == {PRETRAIN, END_TO_END}
+    for name, spec in LOSSES.items():
+        config = TrainConfig(loss=name).validate()
+        if spec.kind == PRETRAIN:
+            loss = build_pretraining_loss(config)
+            assert isinstance(loss, keras.losses.Loss) and spec.views
+            if spec.temperature:
+                assert loss.get_config()["temperature"] == spec.temperature
+        else:
+            with pytest.raises(ConfigError, match="not a pre-training loss"):
+                build_pretraining_loss(config)
+    assert not uses_setting("ce", "temperature") and uses_setting("npairs", "temperature")
+    assert uses_setting("ce", "epochs") and not uses_setting("supcon", "center_alpha")
+    assert uses_setting("supcon+ce", "views") and not uses_setting("ce", "probe")
+    with pytest.raises(ConfigError, match="unknown loss 'arcface'"):
+        get_loss_spec("arcface")

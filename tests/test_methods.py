@@ -9,22 +9,23 @@ import keras
 import numpy as np
 import pytest
 
+from keras_supcon.cli.pseudo_label import main as pseudo_main
+from keras_supcon.cli.train import main as train_main
 from keras_supcon.data import load_dataset, supervised_batches
 from keras_supcon.evaluation import predict
 from keras_supcon.losses import CenterLoss
+from keras_supcon.losses.registry import build_pretraining_loss as pretraining_loss
 from keras_supcon.models import build_classifier, build_encoder
-from keras_supcon.pseudo_label import main as pseudo_main
-from keras_supcon.train import main as train_main
+from keras_supcon.models.batchnorm import batchnorm_layers
+from keras_supcon.runs import callbacks as callbacks_module
 from keras_supcon.training import fine_tune_linear, fine_tune_nn, train
+from keras_supcon.training import run as run_module
 from keras_supcon.training.pseudo import (
     parse_ratios,
     run_pseudo_labelling,
     split_pools,
 )
-from keras_supcon.models.batchnorm import batchnorm_layers
-from keras_supcon.training import callbacks as callbacks_module
-from keras_supcon.training import run as run_module
-from keras_supcon.training.run import center_loss_model, pretraining_loss, TrainConfig
+from keras_supcon.training.run import TrainConfig, center_loss_model
 
 QUICK = dict(backbone="small_resnet", image_size=8, epochs=1, linear_epochs=1, batch_size=32,
              verbose=0)
@@ -253,11 +254,11 @@ def test_readme_method_commands_parse_and_validate():
     import shlex
     from pathlib import Path
 
-    from keras_supcon.layerwise import build_parser as layerwise_parser
-    from keras_supcon.pseudo_label import STUDY
+    from keras_supcon.cli.layerwise import build_parser as layerwise_parser
+    from keras_supcon.cli.pseudo_label import STUDY
+    from keras_supcon.cli.pseudo_label import build_parser as pseudo_parser
+    from keras_supcon.cli.train import build_parser as train_parser
     from keras_supcon.training import LayerwiseConfig
-    from keras_supcon.pseudo_label import build_parser as pseudo_parser
-    from keras_supcon.train import build_parser as train_parser
     from keras_supcon.training.pseudo import check_pseudo_settings
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()

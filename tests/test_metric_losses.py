@@ -7,11 +7,13 @@ gradients are checked against central finite differences of the references.
 import math
 import zlib
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from roundtrip import assert_layer_round_trip, assert_loss_round_trip
+from test_losses import LABEL_PATTERNS, numeric_grad, tf_value_and_grad
 
-import keras
 from keras_supcon.losses import (
     BarlowTwinsLoss,
     CenterLoss,
@@ -22,7 +24,6 @@ from keras_supcon.losses import (
     triplet_loss,
     update_centers,
 )
-from test_losses import LABEL_PATTERNS, numeric_grad, tf_value_and_grad
 
 
 # ----------------------------------------------------------------- references
@@ -221,12 +222,8 @@ def test_triplet_loss_class_matches_function_and_serialises():
     emb = rng.normal(size=(10, 2, 6)).astype("float32")
     labels = rng.integers(0, 3, size=10)
     for kwargs in [dict(), dict(mining="hard"), dict(mining="all", margin=0.5, squared=True)]:
-        loss = TripletLoss(**kwargs)
-        value = float(loss(labels, emb))
+        value = assert_loss_round_trip(TripletLoss(**kwargs), labels, emb)
         np.testing.assert_allclose(value, float(triplet_loss(labels, emb, **kwargs)), rtol=1e-6)
-        clone = keras.losses.deserialize(keras.losses.serialize(loss))
-        assert type(clone) is TripletLoss and clone.get_config() == loss.get_config()
-        np.testing.assert_allclose(float(clone(labels, emb)), value, rtol=1e-6)
     # Random mining: a fresh draw per call, reproducible from the seed.
     first, second = TripletLoss(mining="random", seed=9), TripletLoss(mining="random", seed=9)
     values = [float(first(labels, emb)) for _ in range(3)]
@@ -396,10 +393,7 @@ def test_center_loss_layer_errors():
 
 
 def test_center_loss_serialises_and_saves_centres(tmp_path):
-    layer = CenterLoss(5, weight=0.01, alpha=0.3, name="c")
-    clone = keras.layers.deserialize(keras.layers.serialize(layer))
-    assert type(clone) is CenterLoss and clone.get_config() == layer.get_config()
-    assert CenterLoss.from_config(layer.get_config()).alpha == 0.3
+    assert assert_layer_round_trip(CenterLoss(5, weight=0.01, alpha=0.3, name="c")).alpha == 0.3
 
     rng = np.random.default_rng(10)
     x, y = rng.normal(size=(8, 6)).astype("float32"), rng.integers(0, 3, size=8)
@@ -435,13 +429,9 @@ def test_barlow_twins_matches_reference(n, dim, lambda_):
 def test_barlow_twins_class_matches_function_and_serialises():
     rng = np.random.default_rng(11)
     z = rng.normal(size=(12, 2, 7)).astype("float32")
-    loss = BarlowTwinsLoss(lambda_=0.01)
-    value = float(loss(np.zeros(12), z))
+    value = assert_loss_round_trip(BarlowTwinsLoss(lambda_=0.01), np.arange(12), z)
     np.testing.assert_allclose(value, ref_barlow(z[:, 0].tolist(), z[:, 1].tolist(), 0.01),
                                rtol=1e-5)
-    clone = keras.losses.deserialize(keras.losses.serialize(loss))
-    assert type(clone) is BarlowTwinsLoss and clone.get_config() == loss.get_config()
-    np.testing.assert_allclose(float(clone(np.arange(12), z)), value, rtol=1e-6)
 
 
 def test_barlow_twins_errors():

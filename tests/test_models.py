@@ -1,13 +1,13 @@
+import keras
 import numpy as np
 import pytest
 import tf_keras
 
-import keras
 from keras_supcon.errors import ConfigError, OfflineError
 from keras_supcon.models import (
     BACKBONES,
-    build_backbone,
     ImagePreprocess,
+    build_backbone,
     build_classifier,
     build_contrastive_model,
     build_encoder,

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from keras_supcon.cli.prune import main
 from keras_supcon.compression.prune import kernels, prunable_layers
 from keras_supcon.compression.run import prune_run
 from keras_supcon.data import load_dataset, supervised_batches
-from keras_supcon.prune import main
 from keras_supcon.training import train
 
 QUICK_PRUNE = dict(epochs=1, verbose=0)
@@ -213,7 +213,7 @@ def test_readme_prune_commands_parse():
     import shlex
     from pathlib import Path
 
-    from keras_supcon.prune import build_parser
+    from keras_supcon.cli.prune import build_parser
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     lines = [line.split("#")[0] for line in readme.splitlines()
@@ -228,4 +228,28 @@ def test_a_finished_job_with_other_settings_is_not_reused(sweep, capsys):
     run, _, _ = sweep
     assert main([str(run), "--sparsity", "0.5", "--epochs", "2", "--no-tflite"]) == 2
     err = capsys.readouterr().err
-    assert "holds a finished job with other settings (epochs 1 -> 2)" in err
+    assert "holds a finished job with other settings (epochs: 1 there, 2 now)" in err
+
+
+def test_pruning_leaves_tf_keras_and_the_environment_as_they_were(trained_run, tmp_path):
+    """tfmot's import sets TF_USE_LEGACY_KERAS=1 and turns tf.keras into Keras 2 for
+    the whole process; after a prune in a fresh process both are as before."""
+    import subprocess
+    import sys
+    import textwrap
+
+    child = textwrap.dedent(f"""
+        import json, os
+        from keras_supcon.compression.run import prune_run
+        prune_run(run_dir={str(trained_run)!r}, out={str(tmp_path / "pruning")!r},
+                  sparsity=0.5, epochs=1, verbose=0, tflite=False)
+        import tensorflow as tf
+        print(json.dumps({{"legacy": os.environ.get("TF_USE_LEGACY_KERAS"),
+                          "tf_keras": tf.keras.__version__}}))
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, env=env,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["legacy"] is None and result["tf_keras"].startswith("3."), result

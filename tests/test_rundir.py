@@ -3,7 +3,7 @@ import json
 import pytest
 
 from keras_supcon.errors import RunDirError
-from keras_supcon.training.rundir import RunDir
+from keras_supcon.runs.rundir import RunDir
 
 
 def test_atomic_writes_leave_only_the_final_file(tmp_path):

@@ -12,10 +12,10 @@ import pytest
 import tensorflow as tf
 
 import keras_supcon
-from keras_supcon.training import train
+from keras_supcon.cli.train import main
 from keras_supcon.compression import serve_saved_model
 from keras_supcon.data import load_dataset, supervised_batches
-from keras_supcon.train import main
+from keras_supcon.training import train
 from keras_supcon.training.probe import C_GRID
 
 QUICK = dict(backbone="small_resnet", image_size=16, epochs=1, linear_epochs=1, batch_size=32,

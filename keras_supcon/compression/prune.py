@@ -9,19 +9,47 @@ magnitude masks, fixed masks during Keras 3 training, and measured sparsity.
 
 import contextlib
 import logging
+import os
+import sys
 from dataclasses import dataclass, field
 
 import keras
 import numpy as np
 
 from keras_supcon.compression.twin import to_keras, to_tf_keras
-from keras_supcon.models.batchnorm import leaf_layers, precise_batchnorm
 from keras_supcon.errors import ConfigError
+from keras_supcon.models.batchnorm import leaf_layers, precise_batchnorm
 
 log = logging.getLogger(__name__)
 
 PRUNABLE = ("Conv2D", "Dense")
 SCHEDULES = ("constant", "polynomial")
+LEGACY_KERAS = "TF_USE_LEGACY_KERAS"
+
+
+def import_tfmot():
+    """``tensorflow_model_optimization``, imported without changing the user's process.
+
+    tfmot's import sets ``TF_USE_LEGACY_KERAS=1`` for the whole process and reads
+    ``tf.keras`` under it, which from then on is Keras 2 (tf_keras) everywhere.
+    Here ``tf.keras`` is resolved first, under the user's own setting, and the
+    variable is put back as it was; tfmot keeps its own tf_keras module for the
+    twin (it picks tf_keras itself when ``tf.keras`` is Keras 3).
+    """
+    if "tensorflow_model_optimization" in sys.modules:
+        return sys.modules["tensorflow_model_optimization"]
+    import tensorflow as tf
+
+    tf.keras.layers  # noqa: B018 (any attribute resolves tf.keras's lazy loader, now)
+    before = os.environ.get(LEGACY_KERAS)
+    try:
+        import tensorflow_model_optimization as tfmot
+    finally:
+        if before is None:
+            os.environ.pop(LEGACY_KERAS, None)
+        else:
+            os.environ[LEGACY_KERAS] = before
+    return tfmot
 
 
 # --------------------------------------------------------------- which layers
@@ -183,7 +211,7 @@ def pruning_schedule(kind, sparsity, total_steps):
     ``constant``: the target from the first update; ``polynomial``: from 0 to the
     target along tfmot's cubic ``PolynomialDecay``.
     """
-    import tensorflow_model_optimization as tfmot
+    tfmot = import_tfmot()
 
     if kind not in SCHEDULES:
         raise ConfigError(f"unknown schedule {kind!r}; choose one of: {', '.join(SCHEDULES)}")
@@ -199,7 +227,7 @@ def pruning_schedule(kind, sparsity, total_steps):
 def wrap_for_pruning(twin, layer_sparsity, schedule, total_steps, m_by_n=None):
     """Clone the tf_keras ``twin`` with ``prune_low_magnitude`` around each layer in
     ``layer_sparsity`` (``{name: target}``; others stay as they are, shared)."""
-    import tensorflow_model_optimization as tfmot
+    tfmot = import_tfmot()
     import tf_keras
 
     def clone(layer):
@@ -242,7 +270,7 @@ def prune_classifier(classifier, train_ds, *, sparsity=0.5, schedule="constant",
     statistics recomputed on ``calibration_ds`` (default ``train_ds``; pass
     ``False`` to keep the fine-tuning's moving averages).
     """
-    import tensorflow_model_optimization as tfmot
+    tfmot = import_tfmot()
     import tf_keras
 
     if isinstance(m_by_n, str):

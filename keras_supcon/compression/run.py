@@ -21,7 +21,6 @@ Several sparsities also give ``sweep.md``, ``sweep.csv`` and ``sweep.png``.
 import csv
 import dataclasses
 import io
-import json
 import logging
 import shutil
 import time
@@ -32,7 +31,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_supcon.compression.export import check_saved_model, export_saved_model
 from keras_supcon.compression.lottery import lottery_ticket
 from keras_supcon.compression.prune import (
     SCHEDULES,
@@ -56,11 +54,12 @@ from keras_supcon.compression.sensitivity import (
     predicted_drop,
 )
 from keras_supcon.data import load_dataset, supervised_batches
-from keras_supcon.evaluation.tables import markdown_table
 from keras_supcon.errors import ConfigError, RunDirError, check_choice
 from keras_supcon.evaluation import classification_metrics, predict
+from keras_supcon.evaluation.tables import markdown_table
 from keras_supcon.models.batchnorm import precise_batchnorm
-from keras_supcon.training.rundir import CONFIG_FILE, RunDir
+from keras_supcon.runs.export import check_saved_model, export_saved_model
+from keras_supcon.runs.rundir import CONFIG_FILE, RunDir, settings_changes
 from keras_supcon.training.run import TrainConfig, augmentation_policies
 
 log = logging.getLogger(__name__)
@@ -206,18 +205,15 @@ class _Context:
         job = RunDir(path)
         if job.is_finished() and (path / "compression.json").is_file() and not cfg.overwrite:
             keys = METHOD_SETTINGS[method] + ("batch_size",)
-            saved = job.read_json(CONFIG_FILE)["settings"]
-            wanted = json.loads(json.dumps({k: settings[k] for k in keys}))
-            changed = [f"{k} {saved.get(k)} -> {v}" for k, v in wanted.items()
-                       if saved.get(k) != v]
+            changed = settings_changes(job.read_json(CONFIG_FILE)["settings"],
+                                       {k: settings[k] for k in keys})
             if changed:
                 raise ConfigError(f"{path} holds a finished job with other settings "
-                                  f"({', '.join(changed)}); use --overwrite or another --out")
+                                  f"({'; '.join(changed)}); use --overwrite or another --out")
             log.info("%s: finished earlier, reusing its report", path)
             return job.read_json("compression.json")
         job = RunDir.prepare(path, overwrite=True)
-        job.write_json(CONFIG_FILE, {"settings": settings, "run_dir": str(self.run)})
-        job.init_state()
+        job.start(settings, run_dir=str(self.run))
         started = time.time()
         extra = {}
         if method == "lottery":

@@ -5,6 +5,8 @@ from keras_supcon.data.augment import (
     POLICIES,
     WEAK_POLICY,
     AugmentPolicy,
+    RandomAugment,
+    augment_batch,
     default_policy_name,
     get_policy,
     make_views,
@@ -15,5 +17,6 @@ from keras_supcon.data.sources import DataSplits, from_arrays, load_dataset, loa
 __all__ = [
     "DataSplits", "load_dataset", "load_npz", "from_arrays", "contrastive_batches",
     "supervised_batches", "AugmentPolicy", "CONTRASTIVE_POLICY", "WEAK_POLICY", "POLICIES",
-    "get_policy", "default_policy_name", "make_views", "joint_targets",
+    "get_policy", "default_policy_name", "make_views", "augment_batch", "RandomAugment",
+    "joint_targets",
 ]

@@ -142,7 +142,7 @@ def _check_labels(y, n, num_classes, where):
     return y
 
 
-def _split_indices(labels, fraction, seed):
+def split_indices(labels, fraction, seed):
     """Stratified (where every class has 2+ items) split of ``range(len(labels))``."""
     from sklearn.model_selection import train_test_split
 
@@ -172,7 +172,7 @@ def from_arrays(x_train, y_train, x_test, y_test, class_names=None, *, val_fract
     num_classes = len(class_names)
     y_train = _check_labels(y_train, len(x_train), num_classes, f"{name} y_train")
     y_test = _check_labels(y_test, len(x_test), num_classes, f"{name} y_test")
-    train_idx, val_idx = _split_indices(y_train, val_fraction, seed)
+    train_idx, val_idx = split_indices(y_train, val_fraction, seed)
 
     def ds(x, y):
         return tf.data.Dataset.from_tensor_slices((x, y))
@@ -239,13 +239,13 @@ def _from_folder(root, val_fraction, seed):
     if not has_parts:
         if len(files) < 3:
             raise DataError(f"{root}: need at least 3 images to carve out test and validation")
-        rest, test_idx = _split_indices(labels, 0.2, TEST_SPLIT_SEED)
+        rest, test_idx = split_indices(labels, 0.2, TEST_SPLIT_SEED)
         test_files, test_labels = files[test_idx], labels[test_idx]
         files, labels = files[rest], labels[rest]
     test_files = np.asarray(test_files)
     if len(test_files) == 0:
         raise DataError(f"{root}: the test split has no readable images")
-    train_idx, val_idx = _split_indices(labels, val_fraction, seed)
+    train_idx, val_idx = split_indices(labels, val_fraction, seed)
 
     def ds(paths, y):
         return tf.data.Dataset.from_tensor_slices((paths, y)).map(

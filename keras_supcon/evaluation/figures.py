@@ -1,10 +1,17 @@
 """Figures of a run: training curves, t-SNE of embeddings, confusion matrix."""
 
 import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+
+def new_figure(nrows=1, ncols=1, *, figsize=None, **subplot_kw):
+    """``(fig, axes)`` like ``plt.subplots``, without pyplot: the figure belongs to
+    no GUI backend (nothing changes in the user's matplotlib state, no window opens)
+    and is freed with its last reference. ``fig.savefig`` writes any format; a
+    notebook shows the returned figure when it is the cell's value."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, **subplot_kw)
 
 
 def history_value(row, key):
@@ -18,7 +25,7 @@ def history_value(row, key):
 
 def plot_curves(history, title=""):
     """Loss (left) and accuracy (right) per epoch, one line per stage and split."""
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax_loss, ax_acc) = new_figure(1, 2, figsize=(11, 4))
     stages = list(dict.fromkeys(r["stage"] for r in history))
     for stage in stages:
         rows = [r for r in history if r["stage"] == stage]
@@ -64,8 +71,8 @@ def tsne_embedding(embeddings, labels, *, max_per_class=500, seed=0):
 
 
 def plot_tsne(points, labels, class_names, title=""):
-    fig, ax = plt.subplots(figsize=(7, 6))
-    cmap = plt.get_cmap("tab10" if len(class_names) <= 10 else "tab20")
+    fig, ax = new_figure(figsize=(7, 6))
+    cmap = matplotlib.colormaps["tab10" if len(class_names) <= 10 else "tab20"]
     for c, name in enumerate(class_names):
         sel = labels == c
         if sel.any():
@@ -80,7 +87,7 @@ def plot_tsne(points, labels, class_names, title=""):
 def plot_confusion(confusion, class_names, title=""):
     cm = np.asarray(confusion)
     n = len(class_names)
-    fig, ax = plt.subplots(figsize=(max(5, 0.55 * n + 2), max(4, 0.5 * n + 1.5)))
+    fig, ax = new_figure(figsize=(max(5, 0.55 * n + 2), max(4, 0.5 * n + 1.5)))
     im = ax.imshow(cm, cmap="Blues")
     fig.colorbar(im, ax=ax, label="test images")
     ax.set(xticks=range(n), yticks=range(n), xlabel="predicted class", ylabel="true class",
@@ -99,7 +106,7 @@ def plot_confusion(confusion, class_names, title=""):
 def plot_sweep(rows, title=""):
     """Test accuracy (left axis) and zipped model size (right axis) against the
     achieved sparsity of the pruned kernels; the dense model is the first row."""
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = new_figure(figsize=(6.5, 4))
     dense, pruned = rows[0], rows[1:]
     x = [100 * r["achieved_sparsity"] for r in pruned]
     ax.plot(x, [r["accuracy"] for r in pruned], "o-", color="C0", label="pruned, fine-tuned")

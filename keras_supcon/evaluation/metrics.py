@@ -4,13 +4,12 @@ import numpy as np
 from sklearn import metrics as skm
 
 
-def predict(model, ds):
-    """Run ``model`` over a ``(x, y)`` dataset: ``(outputs [N, ...], labels [N])``."""
-    outputs, labels = [], []
-    for x, y in ds:
-        outputs.append(np.asarray(model(x, training=False)))
-        labels.append(np.asarray(y))
-    return np.concatenate(outputs), np.concatenate(labels)
+def predict(model, ds, verbose=0):
+    """``model.predict`` over a batched ``(x, y)`` tf.data dataset (Keras' progress
+    bar at ``verbose``): ``(outputs [N, ...], labels [N])``."""
+    outputs = model.predict(ds.map(lambda x, y: x), verbose=verbose)
+    labels = np.concatenate([np.asarray(y) for y in ds.map(lambda x, y: y)])
+    return np.asarray(outputs), labels
 
 
 def classification_metrics(y_true, probs, class_names):

@@ -19,18 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import matplotlib.ticker  # noqa: E402
-import numpy as np  # noqa: E402
-
-from keras_supcon.errors import ConfigError, RunDirError  # noqa: E402
-from keras_supcon.evaluation.figures import history_value  # noqa: E402
-from keras_supcon.evaluation.tables import markdown_table  # noqa: E402
-from keras_supcon.training.callbacks import read_history  # noqa: E402
-from keras_supcon.training.rundir import CONFIG_FILE, STATE_FILE, RunDir  # noqa: E402
-from keras_supcon.training.run import END_TO_END_LOSSES, LOSS_SETTINGS, uses_setting  # noqa: E402
+from keras_supcon.errors import ConfigError, RunDirError
+from keras_supcon.evaluation.figures import history_value, new_figure
+from keras_supcon.evaluation.tables import markdown_table
+from keras_supcon.losses.registry import loss_names, loss_specific_settings, uses_setting
+from keras_supcon.runs.callbacks import read_history
+from keras_supcon.runs.rundir import CONFIG_FILE, STATE_FILE, RunDir
 
 CLASSIFICATION = [("f1_macro", "F1"), ("accuracy", "Accuracy"), ("precision_macro", "Precision"),
                   ("recall_macro", "Recall")]
@@ -145,7 +142,7 @@ def _row_label(run, varying):
 
 def _group_label(run, varying):
     """What a run is compared on across losses: backbone and shared varying settings."""
-    return _row_label(run, [k for k in varying if k not in LOSS_SETTINGS])
+    return _row_label(run, [k for k in varying if k not in loss_specific_settings()])
 
 
 def _status_cell(run):
@@ -242,7 +239,7 @@ def plot_ablation_bars(runs, varying, metrics=(("accuracy", "test accuracy"),
     done = [r for r in runs if r.metrics]
     groups = list(dict.fromkeys(_group_label(r, varying) for r in done))
     losses = list(dict.fromkeys(r.settings.get("loss") for r in done))
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics) + 1, 4.2),
+    fig, axes = new_figure(1, len(metrics), figsize=(4.2 * len(metrics) + 1, 4.2),
                              squeeze=False)
     width = 0.8 / max(len(losses), 1)
     x = np.arange(len(groups))
@@ -268,12 +265,12 @@ def plot_ablation_bars(runs, varying, metrics=(("accuracy", "test accuracy"),
 def plot_all_curves(runs, varying):
     """Left: validation accuracy of each run's classifier stage per epoch.
     Right: training loss of each run's first stage (CE or contrastive)."""
-    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (ax_acc, ax_loss) = new_figure(1, 2, figsize=(12, 4.5))
     for i, r in enumerate(r for r in runs if r.metrics):
         history = read_history(RunDir(r.path))
         label = f"{_row_label(r, varying)} | {r.settings.get('loss')}"
-        color = plt.get_cmap("tab10")(i % 10)
-        stage = "ce" if r.settings.get("loss") in END_TO_END_LOSSES else "linear"
+        color = matplotlib.colormaps["tab10"](i % 10)
+        stage = "ce" if r.settings.get("loss") in loss_names("end_to_end") else "linear"
         rows = [h for h in history if h["stage"] == stage]
         ax_acc.plot([h["epoch"] for h in rows], [history_value(h, "val_accuracy") for h in rows],
                     marker="o", ms=3, color=color, ls="-" if stage == "ce" else "--",
@@ -300,7 +297,7 @@ def plot_all_curves(runs, varying):
 def plot_setting_sweep(runs, setting):
     """Test accuracy and kNN accuracy against a numeric setting, one line per
     backbone and loss (the paper's temperature / batch-size figures)."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig, ax = new_figure(figsize=(6.5, 4.2))
     done = [r for r in runs if r.metrics and _applies(setting, r)]
     for backbone, loss in dict.fromkeys((r.settings.get("backbone"), r.settings.get("loss"))
                                         for r in done):

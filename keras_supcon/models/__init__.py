@@ -1,6 +1,7 @@
 """Backbones, heads and the models built from them (Keras 3 or tf_keras twin)."""
 
 from keras_supcon.models.backbones import BACKBONES, build_backbone, get_backbone
+from keras_supcon.models.batchnorm import precise_batchnorm, set_batchnorm_momentum
 from keras_supcon.models.build import (
     build_barlow_projector,
     build_classifier,
@@ -10,7 +11,6 @@ from keras_supcon.models.build import (
     build_projection_head,
     freeze,
 )
-from keras_supcon.models.batchnorm import precise_batchnorm, set_batchnorm_momentum
 from keras_supcon.models.layers import ImagePreprocess
 
 __all__ = [

@@ -1,9 +1,9 @@
 """Training stages, run directory and the whole-job entry point."""
 
+from keras_supcon.runs.rundir import RunDir
 from keras_supcon.training.distribute import STRATEGIES, distribution_scope
-from keras_supcon.training.optim import make_optimizer, warmup_cosine
-from keras_supcon.training.rundir import RunDir
 from keras_supcon.training.layerwise import LayerwiseConfig, train_layerwise
+from keras_supcon.training.optim import make_optimizer, warmup_cosine
 from keras_supcon.training.probe import fit_linear_probe, fit_mlp_probe
 from keras_supcon.training.pseudo import run_pseudo_labelling
 from keras_supcon.training.run import LOSSES, TrainConfig, fine_tune_linear, fine_tune_nn, train

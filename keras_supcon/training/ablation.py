@@ -22,7 +22,7 @@ import keras
 from keras_supcon.errors import ConfigError
 from keras_supcon.evaluation.report import check_report_name, write_report
 from keras_supcon.models.backbones import BACKBONES
-from keras_supcon.training.rundir import CONFIG_FILE, STATE_FILE, RunDir
+from keras_supcon.runs.rundir import CONFIG_FILE, STATE_FILE, RunDir, settings_changes
 from keras_supcon.training.run import LOSSES, TrainConfig, train, uses_setting
 
 log = logging.getLogger(__name__)
@@ -160,13 +160,11 @@ def run_ablation(out, backbones, losses, grid=None, *, name="ablation", title=No
         entries.append(entry)
         if run.file(CONFIG_FILE).exists():
             saved = TrainConfig.from_dict(run.read_json(CONFIG_FILE)["settings"])
-            if _shared_settings(saved) != _shared_settings(config):
-                diff = {k: (v, getattr(config, k)) for k, v in _shared_settings(saved).items()
-                        if v != getattr(config, k)}
-                raise ConfigError(
-                    f"{run.path} was trained with other settings "
-                    f"({'; '.join(f'{k}: {a} there, {b} now' for k, (a, b) in diff.items())}); "
-                    "use another --out, or the same settings to continue")
+            changed = settings_changes(_shared_settings(saved), _shared_settings(config))
+            if changed:
+                raise ConfigError(f"{run.path} was trained with other settings "
+                                  f"({'; '.join(changed)}); use another --out, or the same "
+                                  "settings to continue")
             if run.is_finished():
                 entry["status"] = "skipped"
     grid = parse_grid(grid or {})

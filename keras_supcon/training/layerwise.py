@@ -52,10 +52,10 @@ from keras_supcon.evaluation import (
     plot_tsne,
     tsne_embedding,
 )
-from keras_supcon.training.callbacks import read_history, stage_callbacks
-from keras_supcon.training.optim import OPTIMIZERS, make_optimizer
-from keras_supcon.training.run import library_versions
-from keras_supcon.training.rundir import CONFIG_FILE, open_run
+from keras_supcon.runs.callbacks import read_history
+from keras_supcon.runs.rundir import open_run
+from keras_supcon.training.optim import OPTIMIZERS
+from keras_supcon.training.run import fit_stage
 
 log = logging.getLogger(__name__)
 
@@ -223,10 +223,9 @@ def without_optimizer(model):
     return copy
 
 
-def apply_batched(fn, x, batch_size=PREDICT_BATCH):
-    """``fn`` (a model or layer, called eagerly without training) over ``x`` in batches."""
-    return np.concatenate([np.asarray(fn(x[i:i + batch_size], training=False))
-                           for i in range(0, len(x), batch_size)])
+def apply_batched(model, x, batch_size=PREDICT_BATCH):
+    """``model.predict`` over the array ``x`` (inference: no noise, no dropout)."""
+    return model.predict(x, batch_size=batch_size, verbose=0)
 
 
 def hidden_codes(mlp, images, layer):
@@ -237,7 +236,7 @@ def hidden_codes(mlp, images, layer):
 def encode(autoencoders, x):
     """``x`` through the encoders of ``autoencoders`` in turn (each feeds the next)."""
     for ae in autoencoders:
-        x = apply_batched(ae.get_layer("encoder"), x)
+        x = apply_batched(keras.Model(ae.input, ae.get_layer("encoder").output), x)
     return x
 
 
@@ -264,44 +263,23 @@ def pixels(images):
 
 
 # ------------------------------------------------------------------ stages
-def _steps(n, batch_size):
-    return max(-(-n // batch_size), 1)
-
-
-def fit_stage(model, x, y, validation_data, *, run, stage, config, loss, metrics, monitor, mode,
-              epochs, lr, extra_callbacks=()):
-    """Compile and train ``model`` as stage ``stage`` of ``run`` (history, per-epoch
-    checkpoint, best epoch on ``monitor`` kept, optional early stopping; then
-    ``extra_callbacks``)."""
-    model.compile(
-        optimizer=make_optimizer(config.optimizer, lr, total_steps=epochs * _steps(
-            len(x), config.batch_size), weight_decay=config.weight_decay,
-            warmup_fraction=config.warmup_fraction),
-        loss=loss, metrics=metrics)
-    callbacks = stage_callbacks(run, stage, monitor=monitor, mode=mode, epochs=epochs,
-                                patience=config.early_stopping) + list(extra_callbacks)
-    log.info("stage %s: %d epochs of %d steps", stage, epochs, _steps(len(x), config.batch_size))
-    model.fit(x, y, batch_size=config.batch_size, epochs=epochs, validation_data=validation_data,
-              callbacks=callbacks, shuffle=True, verbose=config.verbose)
-
-
 def _pretrain(config, arrays, run):
     """Stages ``ae1 .. aeK``: the trained auto-encoders (loaded where already done)."""
     x_train, x_val = pixels(arrays["train"][0]), pixels(arrays["val"][0])
     autoencoders = []
     for k, width in enumerate(config.hidden, start=1):
         stage = ae_stage(k)
-        if run.stage_done(stage):
-            ae = keras.models.load_model(run.file(f"{stage}.keras"))
-        else:
+
+        def train():  # (called right away, with this iteration's k, width, data)
             ae = build_autoencoder(x_train.shape[1], width, activation=config.activation,
                                    output_activation=decoder_activation(k, config.activation),
                                    noise=config.noise, name=f"autoencoder_{k}")
-            fit_stage(ae, x_train, x_train, (x_val, x_val), run=run, stage=stage, config=config,
+            fit_stage(ae, (x_train, x_train), (x_val, x_val), run=run, stage=stage, config=config,
                       loss="mse", metrics=None, monitor="val_loss", mode="min",
                       epochs=config.pretrain_epochs, lr=config.pretrain_lr)
-            run.save_model(without_optimizer(ae), f"{stage}.keras")
-            run.mark_stage_done(stage)
+            return ae
+
+        ae = run.stage(stage, train, f"{stage}.keras", saved=without_optimizer)
         autoencoders.append(ae)
         if k < len(config.hidden):  # the codes of this layer are the next one's data
             x_train, x_val = encode([ae], x_train), encode([ae], x_val)
@@ -314,7 +292,7 @@ def _finetune(config, arrays, run, num_classes, autoencoders):
     if autoencoders:
         init_from_autoencoders(classifier, autoencoders)
     (x_train, y_train), val = arrays["train"], arrays["val"]
-    fit_stage(classifier, x_train, y_train, val, run=run, stage=FINETUNE, config=config,
+    fit_stage(classifier, (x_train, y_train), val, run=run, stage=FINETUNE, config=config,
               loss="sparse_categorical_crossentropy", metrics=["accuracy"],
               monitor="val_accuracy", mode="max", epochs=config.epochs, lr=config.lr)
     return classifier
@@ -340,18 +318,14 @@ def train_layerwise(config=None, *, resume=False, overwrite=False, **settings):
                         val_fraction=config.val_fraction, seed=config.seed)
     log.info("data %s", data.describe())
     if not resume:
-        run.write_json(CONFIG_FILE, {"settings": asdict(config), "versions": library_versions()})
-        run.init_state()
+        run.start(asdict(config))
 
     keras.utils.set_random_seed(config.seed)
     arrays = image_arrays(data, config.image_size)
     autoencoders = _pretrain(config, arrays, run) if config.pretrain else []
-    if run.stage_done(FINETUNE):
-        classifier = keras.models.load_model(run.file(CLASSIFIER_FILE))
-    else:
-        classifier = _finetune(config, arrays, run, data.num_classes, autoencoders)
-        run.save_model(classifier, CLASSIFIER_FILE)
-        run.mark_stage_done(FINETUNE)
+    classifier = run.stage(
+        FINETUNE, lambda: _finetune(config, arrays, run, data.num_classes, autoencoders),
+        CLASSIFIER_FILE)
 
     metrics = evaluate_layerwise(config, data, arrays, run, classifier, autoencoders)
     metrics["wall_time_s"] = round(time.time() - started, 1)
@@ -390,10 +364,11 @@ def reconstruction_errors(autoencoders, arrays, history=()):
 def plot_layerwise_curves(history, title=""):
     """Reconstruction error per epoch of each auto-encoder (left, log scale), and
     fine-tuning loss (middle) and accuracy (right)."""
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    fig, (ax_ae, ax_loss, ax_acc) = plt.subplots(1, 3, figsize=(15, 4))
+    from keras_supcon.evaluation.figures import new_figure
+
+    fig, (ax_ae, ax_loss, ax_acc) = new_figure(1, 3, figsize=(15, 4))
     stages = list(dict.fromkeys(r["stage"] for r in history))
     for i, stage in enumerate(s for s in stages if s != FINETUNE):
         rows = [r for r in history if r["stage"] == stage]

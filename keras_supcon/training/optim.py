@@ -38,3 +38,10 @@ def make_optimizer(name, lr, *, total_steps, weight_decay=0.0, warmup_fraction=0
     if name == "sgd":
         return keras.optimizers.SGD(schedule, momentum=0.9, **kw)
     raise ConfigError(f"unknown optimizer {name!r}; choose one of: {', '.join(OPTIMIZERS)}")
+
+
+def steps_per_epoch(num_examples, batch_size, drop_remainder=False):
+    """Batches in one pass over ``num_examples`` (at least 1); the last, partial batch
+    counts unless ``drop_remainder``."""
+    full, partial = divmod(num_examples, batch_size)
+    return max(full + (0 if drop_remainder or not partial else 1), 1)

@@ -32,19 +32,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_supcon.data import DataSplits, load_dataset, supervised_batches
-from keras_supcon.data.sources import _split_indices, load_unlabelled_split
+from keras_supcon.data import load_dataset, supervised_batches
+from keras_supcon.data.sources import load_unlabelled_split, split_indices
 from keras_supcon.errors import ConfigError, DataError
 from keras_supcon.evaluation import classification_metrics, predict
 from keras_supcon.evaluation.tables import markdown_table
 from keras_supcon.models import build_classifier, build_encoder
+from keras_supcon.runs.rundir import CONFIG_FILE, open_run
 from keras_supcon.training.distribute import precision_policy
-from keras_supcon.training.rundir import CONFIG_FILE, RunDir
-from keras_supcon.training.run import (
-    TrainConfig,
-    library_versions,
-    train_classifier,
-)
+from keras_supcon.training.run import TrainConfig, train_classifier
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +150,7 @@ def _labelled_mask(labels, count, seed):
     if count >= len(labels):
         mask[:] = True
         return mask
-    chosen, _ = _split_indices(labels, len(labels) - count, seed)
+    chosen, _ = split_indices(labels, len(labels) - count, seed)
     mask[chosen] = True
     return mask
 
@@ -201,22 +197,32 @@ def _new_classifier(config, num_classes):
 
 def _train_stage(config, data, run, stage, train_ds, n_train):
     """Train (or load, if done) the classifier of ``stage`` on ``train_ds``."""
-    if run.stage_done(stage):
-        return keras.models.load_model(run.file(f"{stage}.keras"))
-    train_ds = train_ds.apply(tf.data.experimental.assert_cardinality(n_train))
-    splits = dataclasses.replace(data, train=train_ds,
-                                 sizes={**data.sizes, "train": n_train})
-    classifier = _new_classifier(config, data.num_classes)
-    train_classifier(config, splits, run, classifier, stage, config.epochs, config.lr)
-    run.save_model(classifier, f"{stage}.keras")
-    run.mark_stage_done(stage)
-    return classifier
+    def train():
+        splits = dataclasses.replace(
+            data, train=train_ds.apply(tf.data.experimental.assert_cardinality(n_train)),
+            sizes={**data.sizes, "train": n_train})
+        classifier = _new_classifier(config, data.num_classes)
+        train_classifier(config, splits, run, classifier, stage, config.epochs, config.lr)
+        return classifier
+
+    return run.stage(stage, train, f"{stage}.keras")
 
 
 def _test_metrics(config, data, classifier):
     probs, labels = predict(classifier, supervised_batches(data.test, config.image_size, 256))
     m = classification_metrics(labels, probs, data.class_names)
     return {k: m[k] for k in ("accuracy", "f1_macro", "precision_macro", "recall_macro")}
+
+
+def _check_study(config, study):
+    if config.loss not in PSEUDO_LOSSES:
+        raise ConfigError(f"pseudo-labelling trains classifiers end to end on images: loss "
+                          f"must be {' or '.join(PSEUDO_LOSSES)}; got {config.loss!r}")
+    if config.strategy != "none":
+        raise ConfigError("pseudo-labelling runs on one device; --strategy is for "
+                          "keras_supcon.train")
+    check_pseudo_settings(threshold=study["threshold"], rounds=study["rounds"],
+                          unlabelled=study["unlabelled"], labelled=study["labelled"])
 
 
 def run_pseudo_labelling(config=None, *, labelled=None, ratios=RATIOS, threshold=0.99, rounds=1,
@@ -231,36 +237,23 @@ def run_pseudo_labelling(config=None, *, labelled=None, ratios=RATIOS, threshold
     config = dataclasses.replace(config or TrainConfig(loss="ce"), **settings)
     study = {"labelled": labelled, "ratios": list(parse_ratios(ratios)), "threshold": threshold,
              "rounds": rounds, "unlabelled": unlabelled}
-    if resume:
-        if config.out is None:
-            raise ConfigError("--resume needs --out RUN_DIR")
-        run = RunDir.prepare(config.out, resume=True)
-        saved = run.read_json(CONFIG_FILE)
-        config = TrainConfig.from_dict(saved["settings"])
-        config.out, study = str(run.path), saved["pseudo_labelling"]
-    if config.loss not in PSEUDO_LOSSES:
-        raise ConfigError(f"pseudo-labelling trains classifiers end to end on images: loss "
-                          f"must be {' or '.join(PSEUDO_LOSSES)}; got {config.loss!r}")
-    check_pseudo_settings(threshold=study["threshold"], rounds=study["rounds"],
-                          unlabelled=study["unlabelled"], labelled=study["labelled"])
-    if config.out is None:
+    if resume:  # the settings and the study as they were started
+        config, run = open_run(config, resume=True)
+        study = run.read_json(CONFIG_FILE)["pseudo_labelling"]
+    elif config.out is None:
         name = Path(str(config.dataset)).stem or "data"
         config.out = str(Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-pseudo-{name}")
+    _check_study(config, study)
     config.validate()
-    if config.strategy != "none":
-        raise ConfigError("pseudo-labelling runs on one device; --strategy is for "
-                          "keras_supcon.train")
     ratios = study["ratios"]
     data = load_dataset(config.dataset, data_dir=config.data_dir,
                         val_fraction=config.val_fraction, seed=config.seed)
     labelled_ds, n_labelled, pool_ds, pool, known = split_pools(
         data, config.dataset, labelled=study["labelled"], max_ratio=max(ratios),
         source=study["unlabelled"], data_dir=config.data_dir, seed=config.seed)
-    if not resume:
-        run = RunDir.prepare(config.out, overwrite=overwrite)
-        run.write_json(CONFIG_FILE, {"settings": asdict(config), "pseudo_labelling": study,
-                                     "versions": library_versions()})
-        run.init_state()
+    if not resume:  # (data errors surface before a new run writes anything)
+        config, run = open_run(config, overwrite=overwrite)
+        run.start(asdict(config), pseudo_labelling=study)
     keras.mixed_precision.set_global_policy(precision_policy(config.mixed_precision))
     log.info("pseudo-labelling on %s: %d labelled images, ratios %s, threshold %g",
              data.name, n_labelled, ", ".join(map(ratio_label, ratios)), study["threshold"])
@@ -321,13 +314,13 @@ def pseudo_table(rows, threshold):
 
 
 def write_pseudo_report(run, rows, study, config, dataset, n_labelled):
-    import matplotlib.pyplot as plt
+    from keras_supcon.evaluation.figures import new_figure
 
     last = {}
     for r in rows:  # the last round of each ratio
         last[r["ratio"]] = r
     final = list(last.values())
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = new_figure(figsize=(6.5, 4))
     x = np.arange(len(final))
     ax.plot(x, [r["test"]["accuracy"] for r in final], "o-", label="test accuracy")
     ax.plot(x, [r["test"]["f1_macro"] for r in final], "s--", label="test macro F1")

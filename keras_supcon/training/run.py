@@ -24,10 +24,8 @@ from datetime import datetime
 from pathlib import Path
 
 import keras
-import numpy as np
 import tensorflow as tf
 
-from keras_supcon.compression.export import check_saved_model, export_saved_model
 from keras_supcon.data import DataSplits, contrastive_batches, load_dataset, supervised_batches
 from keras_supcon.data.augment import default_policy_name, get_policy
 from keras_supcon.data.pipeline import check_contrastive_batch_size, joint_targets
@@ -41,15 +39,16 @@ from keras_supcon.evaluation import (
     predict,
     tsne_embedding,
 )
-from keras_supcon.losses import (
-    BarlowTwinsLoss,
-    CenterLoss,
-    NPairsLoss,
-    SimCLRLoss,
-    SupConLoss,
-    TripletLoss,
-    joint_loss,
+from keras_supcon.losses import CenterLoss, joint_loss
+from keras_supcon.losses.registry import (
+    END_TO_END,
+    PRETRAIN,
+    build_pretraining_loss,
+    loss_names,
+    loss_specific_settings,
+    uses_setting,
 )
+from keras_supcon.losses.registry import LOSSES as LOSS_SPECS
 from keras_supcon.losses.triplet import MINING
 from keras_supcon.models import (
     build_barlow_projector,
@@ -67,49 +66,36 @@ from keras_supcon.models.batchnorm import (
     precise_batchnorm,
     set_batchnorm_momentum,
 )
-from keras_supcon.training.callbacks import (
+from keras_supcon.runs.callbacks import (
     PreciseBatchNorm,
     read_history,
     stage_callbacks,
     write_history,
 )
+from keras_supcon.runs.export import check_saved_model, export_saved_model
+from keras_supcon.runs.rundir import RunDir, open_run
 from keras_supcon.training.distribute import (
     check_global_batch,
     check_strategy,
     distribution_scope,
     precision_policy,
 )
-from keras_supcon.training.optim import OPTIMIZERS, make_optimizer
+from keras_supcon.training.optim import OPTIMIZERS, make_optimizer, steps_per_epoch
 from keras_supcon.training.probe import fit_linear_probe, fit_mlp_probe
-from keras_supcon.training.rundir import CONFIG_FILE, RunDir, open_run
 
 log = logging.getLogger(__name__)
 
 PROBE_FILE = "probe.json"  # how the probe on cached features was fitted and chosen
 
-PRETRAIN_LOSSES = ("supcon", "simclr", "npairs", "triplet", "barlow")  # then a frozen-encoder probe
-END_TO_END_LOSSES = ("ce", "center", "supcon+ce")  # one cross-entropy stage
-LOSSES = PRETRAIN_LOSSES + END_TO_END_LOSSES
-VIEW_LOSSES = PRETRAIN_LOSSES + ("supcon+ce",)  # trained on augmented views of each image
-DEFAULT_TEMPERATURE = {"supcon": 0.1, "simclr": 0.1, "npairs": 0.05, "supcon+ce": 0.1}
+PRETRAIN_LOSSES = loss_names(PRETRAIN)  # then a probe on the frozen encoder
+END_TO_END_LOSSES = loss_names(END_TO_END)  # one cross-entropy stage
+LOSSES = tuple(LOSS_SPECS)
+VIEW_LOSSES = loss_names(views=True)  # trained on augmented views of each image
+DEFAULT_TEMPERATURE = {n: s.temperature for n, s in LOSS_SPECS.items() if s.temperature}
 PROBES = ("linear", "nn")
 PROBE_FITS = ("cached", "images")
 # Settings used by some losses only; any other setting applies to every run.
-LOSS_SETTINGS = {
-    "temperature": tuple(DEFAULT_TEMPERATURE), "variant": ("supcon", "supcon+ce"),
-    "supcon_weight": ("supcon+ce",),
-    "margin": ("triplet",), "mining": ("triplet",), "squared_distance": ("triplet",),
-    "barlow_lambda": ("barlow",), "center_weight": ("center",), "center_alpha": ("center",),
-    **dict.fromkeys(("views", "projection_dim", "head_hidden"), VIEW_LOSSES),
-    **dict.fromkeys(("linear_epochs", "linear_lr", "probe", "probe_hidden", "probe_fit",
-                     "probe_epochs"),
-                    PRETRAIN_LOSSES),
-}
-
-
-def uses_setting(loss, key):
-    """Whether setting ``key`` changes a run with loss ``loss`` (temperature: not for ce)."""
-    return loss in LOSS_SETTINGS.get(key, (loss,))
+LOSS_SETTINGS = loss_specific_settings()
 
 
 @dataclass
@@ -248,33 +234,6 @@ class TrainConfig:
         check_choice(self.probe_fit, PROBE_FITS, "probe fit")
 
 
-def library_versions():
-    import sklearn
-    import tensorflow as tf
-
-    import keras_supcon
-
-    return {"keras_supcon": keras_supcon.__version__, "keras": keras.__version__,
-            "tensorflow": tf.__version__, "scikit-learn": sklearn.__version__,
-            "numpy": np.__version__, "backend": keras.backend.backend()}
-
-
-def pretraining_loss(config):
-    """The Keras loss of a pre-training run (``config.loss`` in PRETRAIN_LOSSES)."""
-    if config.loss == "supcon":
-        return SupConLoss(temperature=config.temperature, variant=config.variant)
-    if config.loss == "simclr":
-        return SimCLRLoss(temperature=config.temperature)
-    if config.loss == "npairs":
-        return NPairsLoss(temperature=config.temperature)
-    if config.loss == "triplet":
-        return TripletLoss(margin=config.margin, mining=config.mining,
-                           squared=config.squared_distance, seed=config.seed)
-    if config.loss == "barlow":
-        return BarlowTwinsLoss(lambda_=config.barlow_lambda)
-    raise ConfigError(f"{config.loss} is not a pre-training loss")
-
-
 def augmentation_policies(config, data):
     """``(views policy, classifier-stage policy)`` of a run of ``config`` on ``data``:
     ``config.augmentation`` (default: ``data``'s source default) with its overrides."""
@@ -288,18 +247,13 @@ def augmentation_name(config, data):
     return config.augmentation or default_policy_name(data.name)
 
 
-def config_record(config, data):
-    """What ``config.json`` holds: the settings as given, the augmentation policies
-    spelled out (``name``: the named policy, the data source's default when
-    ``settings.augmentation`` is None), the library versions."""
+def augmentation_record(config, data):
+    """``config.json["augmentation"]``: the policies spelled out beside the settings as
+    given (``name``: the named policy, the data source's default when
+    ``settings.augmentation`` is None)."""
     views, weak = augmentation_policies(config, data)
-    return {"settings": asdict(config), "versions": library_versions(),
-            "augmentation": {"name": augmentation_name(config, data), "views": views.to_dict(),
-                             "classifier": weak.to_dict()}}
-
-
-def _steps(num_examples, batch_size, drop_remainder):
-    return max(num_examples // batch_size if drop_remainder else -(-num_examples // batch_size), 1)
+    return {"name": augmentation_name(config, data), "views": views.to_dict(),
+            "classifier": weak.to_dict()}
 
 
 def _clean_batches(config, data):
@@ -311,16 +265,29 @@ def _clean_batches(config, data):
                               drop_remainder=config.strategy == "data-parallel")
 
 
-def _fit(model, loss, metrics, train_ds, val_ds, *, run, stage, epochs, steps, lr, monitor,
-         mode, config, extra_callbacks=(), precise_bn=None, loss_weights=None):
-    """``model.fit`` as stage ``stage`` of ``run``. ``precise_bn=(target, data)``: the
-    BatchNorm statistics of ``target`` are recomputed over clean training batches
-    before each validation pass and at the end (``config.precise_bn_batches``)."""
+def fit_stage(model, train, val, *, run, stage, config, loss, metrics, monitor, mode, epochs,
+              lr, steps=None, extra_callbacks=(), precise_bn=None, loss_weights=None):
+    """Compile and ``model.fit`` ``model`` as stage ``stage`` of ``run``: history,
+    per-epoch checkpoints, the best epoch on ``monitor`` kept (also across
+    ``--resume``), optional early stopping, then ``extra_callbacks``.
+
+    ``train``: a tf.data dataset of batches (``steps`` per epoch; it shuffles
+    itself), or ``(x, y)`` arrays, batched by ``config.batch_size`` and shuffled
+    each epoch. ``precise_bn=(target, data)``: the BatchNorm statistics of
+    ``target`` are recomputed over clean training batches before each validation
+    pass and at the end (``config.precise_bn_batches``).
+    """
+    if isinstance(train, tuple):
+        x, y = train
+        steps = steps_per_epoch(len(x), config.batch_size)
+        data_args = dict(x=x, y=y, batch_size=config.batch_size, shuffle=True)
+    else:
+        data_args = dict(x=train, shuffle=False)
     model.compile(
         optimizer=make_optimizer(config.optimizer, lr, total_steps=epochs * steps,
                                  weight_decay=config.weight_decay,
                                  warmup_fraction=config.warmup_fraction,
-                                 clipnorm=config.clipnorm),
+                                 clipnorm=getattr(config, "clipnorm", None)),
         loss=loss,
         loss_weights=loss_weights,
         metrics=metrics,
@@ -333,9 +300,8 @@ def _fit(model, loss, metrics, train_ds, val_ds, *, run, stage, epochs, steps, l
         clean = _clean_batches(config, data)
         callbacks.insert(0, PreciseBatchNorm(target, clean, config.precise_bn_batches))
     log.info("stage %s: %d epochs of %d steps", stage, epochs, steps)
-    # shuffle=False: the tf.data pipelines shuffle themselves.
-    model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks,
-              verbose=config.verbose, shuffle=False)
+    model.fit(**data_args, validation_data=val, epochs=epochs, callbacks=callbacks,
+              verbose=config.verbose)
     if calibrate:  # the weights kept (best epoch) with statistics of their own
         precise_batchnorm(target, clean, max_batches=config.precise_bn_batches)
 
@@ -349,7 +315,7 @@ def _pretrain(config, data, run, encoder):
     val_ds = (contrastive_batches(data.val, config.image_size, val_batch, shuffle=False,
                                   num_examples=n_val, **kw) if val_batch >= 2 else None)
     features = encoder.output_shape[-1]
-    if config.loss == "barlow":
+    if LOSS_SPECS[config.loss].head == "barlow":
         head = build_barlow_projector(features, config.head_hidden, config.projection_dim)
     else:
         head = build_projection_head(features, config.head_hidden, config.projection_dim)
@@ -359,10 +325,11 @@ def _pretrain(config, data, run, encoder):
     # recomputed through encoder + head on clean images (shared layers).
     target = (keras.Model(encoder.inputs, head(encoder.outputs[0]), name="encoder_and_head")
               if batchnorm_layers(head) else encoder)
-    _fit(model, pretraining_loss(config), None, train_ds, val_ds, run=run, stage="pretrain",
-         epochs=config.epochs, steps=_steps(n_train, config.batch_size, True), lr=config.lr,
-         monitor="val_loss" if val_ds is not None else "loss", mode="min", config=config,
-         precise_bn=(target, data))
+    fit_stage(model, train_ds, val_ds, loss=build_pretraining_loss(config), metrics=None,
+              run=run, stage="pretrain", epochs=config.epochs, lr=config.lr,
+              steps=steps_per_epoch(n_train, config.batch_size, True),
+              monitor="val_loss" if val_ds is not None else "loss", mode="min", config=config,
+              precise_bn=(target, data))
 
 
 def center_loss_model(classifier, num_classes, weight, alpha):
@@ -405,10 +372,12 @@ def train_classifier(config, data, run, classifier, stage, epochs, lr, extra_cal
         train_ds, val_ds = _labels_as_input(train_ds), _labels_as_input(val_ds)
     # A frozen encoder's BatchNorm does not train: its statistics were made precise before.
     trains_bn = any(layer.trainable for layer in batchnorm_layers(classifier))
-    _fit(classifier, "sparse_categorical_crossentropy", ["accuracy"], train_ds, val_ds, run=run,
-         stage=stage, epochs=epochs, steps=_steps(n_train, config.batch_size, whole), lr=lr,
-         monitor="val_accuracy", mode="max", config=config, extra_callbacks=extra_callbacks,
-         precise_bn=(inference_model, data) if trains_bn else None)
+    fit_stage(classifier, train_ds, val_ds, loss="sparse_categorical_crossentropy",
+              metrics=["accuracy"], run=run, stage=stage, epochs=epochs, lr=lr,
+              steps=steps_per_epoch(n_train, config.batch_size, whole),
+              monitor="val_accuracy", mode="max", config=config,
+              extra_callbacks=extra_callbacks,
+              precise_bn=(inference_model, data) if trains_bn else None)
 
 
 def train_joint(config, data, run, classifier, encoder):
@@ -431,10 +400,11 @@ def train_joint(config, data, run, classifier, encoder):
     model = build_joint_model(encoder, head, classifier, views=views)
     args = joint_loss(supcon_weight=config.supcon_weight, temperature=config.temperature,
                       variant=config.variant)
-    _fit(model, args["loss"], args["metrics"], train_ds, val_ds, run=run, stage="ce",
-         epochs=config.epochs, steps=_steps(n_train, config.batch_size, True), lr=config.lr,
-         monitor="val_probabilities_accuracy", mode="max", config=config,
-         precise_bn=(encoder, data), loss_weights=args["loss_weights"])
+    fit_stage(model, train_ds, val_ds, loss=args["loss"], metrics=args["metrics"], run=run,
+              stage="ce", epochs=config.epochs, lr=config.lr,
+              steps=steps_per_epoch(n_train, config.batch_size, True),
+              monitor="val_probabilities_accuracy", mode="max", config=config,
+              precise_bn=(encoder, data), loss_weights=args["loss_weights"])
 
 
 def train(config=None, *, resume=False, overwrite=False, **settings):
@@ -470,40 +440,40 @@ def _train_stages(config, run, resume):
     if config.loss in VIEW_LOSSES:
         check_contrastive_batch_size(config.batch_size, data.sizes["train"])
     if not resume:
-        run.write_json(CONFIG_FILE, config_record(config, data))
-        run.init_state()
+        run.start(asdict(config), augmentation=augmentation_record(config, data))
 
     keras.utils.set_random_seed(config.seed)
     keras.mixed_precision.set_global_policy(precision_policy(config.mixed_precision))
 
-    classifier = None
-    end_to_end = config.loss in END_TO_END_LOSSES
-    if run.stage_done("linear") or run.stage_done("ce"):
-        classifier = keras.models.load_model(run.file("classifier.keras"))
-        encoder = classifier.get_layer(f"encoder_{config.backbone}")
-    elif end_to_end:
-        encoder = _new_encoder(config)
-    elif run.stage_done("pretrain"):
-        encoder = keras.models.load_model(run.file("encoder.keras"))
-    else:
+    if config.loss in END_TO_END_LOSSES:
+        classifier = run.stage("ce", lambda: _train_end_to_end(config, data, run),
+                               "classifier.keras")
+        return data, classifier.get_layer(f"encoder_{config.backbone}"), classifier
+
+    def pretrain():
         encoder = _new_encoder(config)
         _pretrain(config, data, run, encoder)
-        run.save_model(encoder, "encoder.keras")
-        run.mark_stage_done("pretrain")
+        return encoder
 
-    if classifier is None:
-        if end_to_end:
-            classifier = build_classifier(encoder, data.num_classes, l2=config.l2)
-            if config.loss == "supcon+ce":
-                train_joint(config, data, run, classifier, encoder)
-            else:
-                train_classifier(config, data, run, classifier, "ce", config.epochs, config.lr)
-            run.save_model(encoder, "encoder.keras")  # (a pre-trained encoder was saved above)
-            run.save_model(classifier, "classifier.keras")
-            run.mark_stage_done("ce")
-        else:
-            classifier = _train_probe(config, data, run, encoder)
-    return data, encoder, classifier
+    encoder = None  # once the probe is done, the classifier holds the encoder
+    if not run.stage_done("linear"):
+        encoder = run.stage("pretrain", pretrain, "encoder.keras")
+    classifier = run.stage("linear", lambda: _train_probe(config, data, run, encoder),
+                           "classifier.keras")
+    return data, classifier.get_layer(f"encoder_{config.backbone}"), classifier
+
+
+def _train_end_to_end(config, data, run):
+    """Stage ``ce``: the classifier trained end to end (CE, center loss, or CE + SupCon);
+    its encoder is saved as ``encoder.keras`` too."""
+    encoder = _new_encoder(config)
+    classifier = build_classifier(encoder, data.num_classes, l2=config.l2)
+    if config.loss == "supcon+ce":
+        train_joint(config, data, run, classifier, encoder)
+    else:
+        train_classifier(config, data, run, classifier, "ce", config.epochs, config.lr)
+    run.save_model(encoder, "encoder.keras")
+    return classifier
 
 
 def _new_encoder(config):
@@ -531,8 +501,6 @@ def _train_probe(config, data, run, encoder):
     else:
         train_classifier(config, data, run, classifier, "linear", config.linear_epochs,
                          config.linear_lr)
-    run.save_model(classifier, "classifier.keras")
-    run.mark_stage_done("linear")
     return classifier
 
 
@@ -569,11 +537,12 @@ def _fine_tune(encoder, data, probe, out, overwrite, settings):
         data = load_dataset(data, data_dir=config.data_dir, val_fraction=config.val_fraction,
                             seed=config.seed)
     run = RunDir.prepare(config.out, overwrite=overwrite)
-    run.write_json(CONFIG_FILE, config_record(config, data))
-    run.init_state()
+    run.start(asdict(config), augmentation=augmentation_record(config, data))
     keras.utils.set_random_seed(config.seed)
-    classifier = _train_probe(config, data, run, encoder)
-    probs, labels = predict(classifier, supervised_batches(data.test, config.image_size, 256))
+    classifier = run.stage("linear", lambda: _train_probe(config, data, run, encoder),
+                           "classifier.keras")
+    probs, labels = predict(classifier, supervised_batches(data.test, config.image_size, 256),
+                            config.verbose)
     metrics = classification_metrics(labels, probs, data.class_names)
     metrics.update(dataset=data.name, probe=probe, run_dir=str(run.path))
     run.write_json("metrics.json", metrics)
@@ -584,7 +553,7 @@ def _fine_tune(encoder, data, probe, out, overwrite, settings):
 def evaluate_run(config, data, run, classifier, encoder):
     """Test metrics, figures and SavedModel export of a trained classifier."""
     test_ds = supervised_batches(data.test, config.image_size, 256)
-    probs, labels = predict(classifier, test_ds)
+    probs, labels = predict(classifier, test_ds, config.verbose)
     metrics = classification_metrics(labels, probs, data.class_names)
     metrics.update(dataset=data.name, backbone=config.backbone, loss=config.loss,
                    split_sizes=data.sizes)
@@ -596,9 +565,9 @@ def evaluate_run(config, data, run, classifier, encoder):
              f"test accuracy {metrics['accuracy']:.3f}")
 
     run.save_figure(plot_curves(read_history(run), title), "curves.png")
-    embeddings, emb_labels = predict(encoder, test_ds)
-    train_emb, train_labels = predict(encoder, supervised_batches(data.train, config.image_size,
-                                                                  256))
+    embeddings, emb_labels = predict(encoder, test_ds, config.verbose)
+    train_emb, train_labels = predict(
+        encoder, supervised_batches(data.train, config.image_size, 256), config.verbose)
     metrics["embedding"] = embedding_metrics(train_emb, train_labels, embeddings, emb_labels)
     points, point_labels = tsne_embedding(embeddings, emb_labels, max_per_class=500,
                                           seed=config.seed)

@@ -22,6 +22,20 @@ STATE_FILE = "state.json"
 CONFIG_FILE = "config.json"
 
 
+def library_versions():
+    """The versions ``config.json`` records beside a run's settings."""
+    import keras
+    import numpy as np
+    import sklearn
+    import tensorflow as tf
+
+    from keras_supcon._version import __version__
+
+    return {"keras_supcon": __version__, "keras": keras.__version__,
+            "tensorflow": tf.__version__, "scikit-learn": sklearn.__version__,
+            "numpy": np.__version__, "backend": keras.backend.backend()}
+
+
 def open_run(config, *, resume=False, overwrite=False):
     """``(config, run)`` of a job: a new run directory ``config.out``, or (``resume``)
     the interrupted run there with its saved settings (``config.json``) restored.
@@ -42,6 +56,15 @@ def open_run(config, *, resume=False, overwrite=False):
         config.validate()
         run = RunDir.prepare(config.out, overwrite=overwrite)
     return config, run
+
+
+def settings_changes(saved, wanted):
+    """``["key: <saved> there, <wanted> now", ...]`` for the settings of ``wanted``
+    (a dict) that differ from ``saved`` (a run's ``config.json`` settings), compared
+    as JSON stores them (tuples as lists)."""
+    saved, wanted = json.loads(json.dumps(saved)), json.loads(json.dumps(wanted))
+    return [f"{k}: {saved.get(k)} there, {v} now" for k, v in wanted.items()
+            if saved.get(k) != v]
 
 
 class RunDir:
@@ -126,11 +149,8 @@ class RunDir:
             raise RunDirError(f"{path} is not valid JSON ({exc})") from None
 
     def save_figure(self, fig, name):
-        import matplotlib.pyplot as plt
-
         with self.atomic_path(name) as tmp:
             fig.savefig(tmp, dpi=120, bbox_inches="tight")
-        plt.close(fig)
         return self.path / name
 
     def save_model(self, model, name):
@@ -150,6 +170,29 @@ class RunDir:
 
     def init_state(self):
         self.write_json(STATE_FILE, {"completed": [], "finished": False})
+
+    # ------------------------------------------------------------ lifecycle
+    def start(self, settings, **record):
+        """Begin a new run: ``config.json`` = ``{"settings": settings, **record,
+        "versions": ...}`` and no completed stage."""
+        self.write_json(CONFIG_FILE, {"settings": settings, **record,
+                                      "versions": library_versions()})
+        self.init_state()
+
+    def stage(self, name, train, file, *, saved=None):
+        """The model of stage ``name``: loaded from ``file`` when the stage finished
+        before (an interrupted run resumed); else ``train()``'s model, written to
+        ``file`` (``saved(model)`` when given, e.g. without its optimizer) and the
+        stage marked done. A stage in progress continues from its checkpoints
+        (:func:`~keras_supcon.runs.callbacks.stage_callbacks`)."""
+        import keras
+
+        if self.stage_done(name):
+            return keras.models.load_model(self.file(file))
+        model = train()
+        self.save_model(saved(model) if saved else model, file)
+        self.mark_stage_done(name)
+        return model
 
     def stage_done(self, stage):
         return stage in self.state()["completed"]

@@ -74,12 +74,56 @@ def stage_callbacks(run, stage, *, monitor, mode, epochs, patience=None):
     epoch on ``monitor`` are restored at the end (model selection on validation).
     """
     return [
+        # Before BackupAndRestore: the best epoch is on disk before the epoch counts as done.
+        ResumableEarlyStopping(run, stage, monitor=monitor, mode=mode,
+                               patience=patience if patience else epochs + 1),
         keras.callbacks.BackupAndRestore(str(run.checkpoint_dir(stage)), delete_checkpoint=False),
         HistoryCSV(run, stage),
-        keras.callbacks.EarlyStopping(monitor=monitor, mode=mode,
-                                      patience=patience if patience else epochs + 1,
-                                      restore_best_weights=True, verbose=1),
     ]
+
+
+class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    """``EarlyStopping(restore_best_weights=True)`` whose state survives ``--resume``.
+
+    Keras' callback keeps the best value, the best epoch's weights and the patience
+    count in memory, so a resumed ``fit`` would restore the best epoch *after* the
+    interruption. Here the weights of each new best epoch go to
+    ``checkpoints/<stage>/best.weights.h5`` and the state to ``early_stopping.json``
+    (both atomically), and a resumed ``fit`` starts from them.
+    """
+
+    WEIGHTS, STATE = "best.weights.h5", "early_stopping.json"
+
+    def __init__(self, run, stage, **kwargs):
+        super().__init__(restore_best_weights=True, verbose=1, **kwargs)
+        self.run, self.stage = run, stage
+
+    def _name(self, file):
+        return str(self.run.checkpoint_dir(self.stage).relative_to(self.run.path) / file)
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        state_path = self.run.file(self._name(self.STATE))
+        if not state_path.exists():
+            return
+        state = self.run.read_json(self._name(self.STATE))
+        self.best, self.best_epoch, self.wait = state["best"], state["best_epoch"], state["wait"]
+        current = self.model.get_weights()
+        self.model.load_weights(self.run.file(self._name(self.WEIGHTS)))
+        self.best_weights = self.model.get_weights()
+        self.model.set_weights(current)
+
+    def on_epoch_end(self, epoch, logs=None):
+        previous_best = self.best_epoch if self.best_weights is not None else None
+        super().on_epoch_end(epoch, logs)
+        if self.best_weights is None:  # no monitor value this epoch
+            return
+        if self.best_epoch != previous_best:
+            with self.run.atomic_path(self._name(self.WEIGHTS)) as tmp:
+                self.model.save_weights(tmp)
+        self.run.write_json(self._name(self.STATE), {
+            "monitor": self.monitor, "best": float(self.best), "best_epoch": int(self.best_epoch),
+            "wait": int(self.wait), "epoch": int(epoch)})
 
 
 class PreciseBatchNorm(keras.callbacks.Callback):

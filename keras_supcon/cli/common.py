@@ -9,6 +9,15 @@ import argparse
 import sys
 import tomllib
 
+from keras_supcon._launch import SCRIPT_PREFIX, launched_module
+
+
+def command_name(job):
+    """The command as the user typed it, for usage lines: ``python -m MODULE`` when
+    started that way, else the console script ``keras-supcon-<job>``."""
+    module = launched_module()
+    return f"python -m {module}" if module else SCRIPT_PREFIX + job.replace("_", "-")
+
 
 class Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2 (argparse would print the usage too)
@@ -40,8 +49,8 @@ def add_training_arguments(p, *, single_run=True):
     which the caller replaces by lists.
     """
     from keras_supcon.data.augment import POLICIES
-    from keras_supcon.models.backbones import BACKBONES
     from keras_supcon.losses.triplet import MINING
+    from keras_supcon.models.backbones import BACKBONES
     from keras_supcon.training.distribute import STRATEGIES
     from keras_supcon.training.run import LOSSES, PROBE_FITS, PROBES, TrainConfig
 

@@ -1,0 +1,59 @@
+"""Callbacks of a run: the best epoch (model selection) survives an interruption."""
+
+import keras
+import numpy as np
+import pytest
+
+from keras_supcon.runs.callbacks import stage_callbacks
+from keras_supcon.runs.rundir import RunDir
+
+# validation accuracy per epoch: the best is epoch 2; the run is killed after epoch 4
+# (the best one and two worse), and epoch 5 after the resume is worse again
+SCRIPT = [0.5, 0.9, 0.6, 0.7, 0.8]
+
+
+class _Script(keras.callbacks.Callback):
+    """Writes the scripted monitor value into the logs the later callbacks see, and
+    keeps the weights each epoch ended with."""
+
+    def __init__(self, weights):
+        super().__init__()
+        self.weights = weights
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs["val_accuracy"] = SCRIPT[epoch]
+        self.weights[epoch + 1] = self.model.get_weights()
+
+
+class _Kill(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == 4:
+            raise KeyboardInterrupt("killed after epoch 4")
+
+
+def _fit(run, extra):
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    x = np.random.default_rng(0).normal(size=(16, 3)).astype("float32")
+    y = np.random.default_rng(1).normal(size=(16, 2)).astype("float32")
+    callbacks = [extra[0]] + stage_callbacks(run, "ce", monitor="val_accuracy", mode="max",
+                                             epochs=len(SCRIPT)) + extra[1:]
+    model.fit(x, y, epochs=len(SCRIPT), batch_size=8, callbacks=callbacks, verbose=0)
+    return model
+
+
+@pytest.mark.parametrize("interrupted", [False, True])
+def test_the_best_epoch_is_restored_after_resume(tmp_path, interrupted):
+    run = RunDir(tmp_path / "run")
+    weights = {}
+    if interrupted:
+        with pytest.raises(KeyboardInterrupt):
+            _fit(run, [_Script(weights), _Kill()])
+        assert sorted(weights) == [1, 2, 3, 4]
+    model = _fit(run, [_Script(weights)])
+    assert sorted(weights) == [1, 2, 3, 4, 5]
+    for got, want in zip(model.get_weights(), weights[2], strict=True):
+        np.testing.assert_array_equal(got, want)
+    state = run.read_json("checkpoints/ce/early_stopping.json")
+    assert (state["best_epoch"], state["best"], state["wait"]) == (1, 0.9, 3)
