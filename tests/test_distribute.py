@@ -17,7 +17,9 @@ from keras_supcon.errors import ConfigError
 from keras_supcon.training.distribute import check_global_batch, check_strategy
 
 HERE = Path(__file__).resolve().parent
-LOSSES = ("supcon_out", "supcon_in", "simclr", "npairs")
+# Every loss and mining mode of the package (distributed_step.CASES).
+CASES = ("supcon_out", "supcon_in", "npairs", "triplet_hard", "triplet_all",
+         "triplet_semihard", "triplet_random", "simclr", "barlow", "center", "joint")
 
 
 def _run(args, backend="tensorflow", timeout=600):
@@ -30,23 +32,29 @@ def _run(args, backend="tensorflow", timeout=600):
 
 @pytest.mark.parametrize("backend,replicas", [("tensorflow", 2), ("tensorflow", 3), ("jax", 2)])
 def test_distributed_step_equals_single_device_step(tmp_path, backend, replicas):
-    """One SGD step (lr 1) on R replicas changes the weights exactly as one
-    step on one device with the concatenated batch: the loss is computed over
-    the global batch, not per replica. (MirroredStrategy on TensorFlow,
-    keras.distribution.DataParallel on JAX.)"""
+    """One SGD step (lr 1) on R replicas changes the weights (and the center
+    loss's centres) exactly as one step on one device with the concatenated
+    batch, for every loss and mining mode, with label patterns where replicas
+    hold different classes and where an anchor's only positive is on another
+    replica (MirroredStrategy on TensorFlow, keras.distribution.DataParallel on JAX)."""
     out = tmp_path / "step.npz"
     _run([HERE / "distributed_step.py", out, replicas], backend=backend)
     result = np.load(out)
-    for loss in LOSSES:
-        single, split = f"{loss}/single/", f"{loss}/replicas/"
-        np.testing.assert_allclose(result[split + "loss"], result[single + "loss"], rtol=1e-5)
+    singles = sorted({k.rsplit("/", 2)[0] for k in result if "/single/" in k})
+    cases = {tag.split("/")[0] for tag in singles}
+    assert cases == set(CASES), cases
+    assert len(singles) == 20, singles
+    for tag in singles:
+        single, split = f"{tag}/single/", f"{tag}/replicas/"
+        np.testing.assert_allclose(result[split + "loss"], result[single + "loss"], rtol=1e-5,
+                                   err_msg=tag)
         deltas = sorted(k for k in result if k.startswith(single + "delta"))
-        assert len(deltas) == 4
+        assert len(deltas) >= 4, (tag, deltas)
+        # The step moved the weights: the comparison is not between two zeros.
+        assert max(np.abs(result[k]).max() for k in deltas) > 1e-2, tag
         for key in deltas:
-            expected = result[key]
-            assert np.abs(expected).max() > 1e-2  # the step moved the weights
-            np.testing.assert_allclose(result[key.replace(single, split)], expected,
-                                       rtol=1e-4, atol=1e-6, err_msg=f"{loss} {key}")
+            np.testing.assert_allclose(result[key.replace(single, split)], result[key],
+                                       rtol=1e-4, atol=1e-6, err_msg=f"{tag} {key}")
 
 
 @pytest.mark.parametrize("backend,strategy", [("tensorflow", "mirrored"),

@@ -14,11 +14,17 @@ features of their class (paper eq. 4)::
 so a class absent from the batch keeps its centre. :class:`CenterLoss` is a
 layer holding the centres; it adds ``weight * L_C`` to the model's losses and
 updates the centres during training (like BatchNormalization's statistics).
+
+On several ``tf.distribute`` replicas, every replica computes the update from
+the global batch's features and labels (:mod:`~keras_supcon.losses.replicas`),
+so the centres stay identical on every replica and equal to the one-device
+update; ``L_C`` is a mean over samples, which Keras already divides among replicas.
 """
 
 import keras
 from keras import ops
 
+from keras_supcon.losses.replicas import global_batch
 from keras_supcon.losses.similarity import as_float_tensor
 
 MISSING_LABELS = "center loss needs the class labels: call CenterLoss()([features, labels])."
@@ -90,8 +96,20 @@ class CenterLoss(keras.layers.Layer):
     def call(self, inputs, training=None):
         features, labels = self._split(inputs)
         if training:
-            self.add_loss(self.weight * center_loss(features, labels, self.centers))
-            new = update_centers(features, labels, self.centers, self.alpha)
+            # One read for the loss and the update: the update depends on it, so the
+            # loss sees the centres before the update.
+            centers = ops.convert_to_tensor(self.centers)
+            batch = global_batch(ops.cast(features, "float32"), ops.reshape(labels, (-1,)))
+            if batch.replicas.count > 1:
+                # MirroredStrategy traces its replicas in turns, switching at each
+                # all-reduce, and every replica's add_loss() goes to this one layer
+                # object: replica 0 adds its loss and pauses at its next all-reduce
+                # (the optimizer's), then replica 1 resumes here. Dropping what an
+                # earlier replica left keeps each replica's total to its own loss;
+                # added before the gather, replica 1's loss replaced replica 0's.
+                self._clear_losses()
+            self.add_loss(self.weight * center_loss(features, labels, centers))
+            new = update_centers(batch.all_rows, batch.all_labels, centers, self.alpha)
             self.centers.assign(ops.cast(new, self.centers.dtype))
         return features
 

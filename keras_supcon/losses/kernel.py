@@ -161,23 +161,17 @@ def similarity_softmax_loss(anchors, anchor_labels, contrast=None, contrast_labe
     return kernel(anchors, contrast)
 
 
-
 def batch_softmax_loss(z, labels, *, temperature, mode, ids_per=None, block_rows=None):
-    """:func:`similarity_softmax_loss` of a batch ``z [n, D]`` (normalised here),
-    against the global batch when running on several ``tf.distribute`` replicas.
+    """:func:`similarity_softmax_loss` of a batch ``z [n, D]`` (normalised here)
+    against the global batch (:func:`~keras_supcon.losses.replicas.global_batch`:
+    the batch itself on one device).
 
     ``ids_per``: ``labels`` are image ids repeated ``ids_per`` times (SimCLR).
     """
     from keras_supcon.losses.replicas import global_batch
     from keras_supcon.losses.similarity import l2_normalize
 
-    z = l2_normalize(z)
-    glob = global_batch(z, labels, ids_per=ids_per)
-    if glob is None:
-        return similarity_softmax_loss(z, labels, temperature=temperature, mode=mode,
-                                       block_rows=block_rows)
-    if ids_per is not None:
-        labels = labels + ops.cast(glob.offset // ids_per, labels.dtype)
-    return similarity_softmax_loss(z, labels, glob.contrast, glob.labels,
-                                   temperature=temperature, mode=mode, offset=glob.offset,
-                                   count_fn=glob.count_fn, block_rows=block_rows)
+    batch = global_batch(l2_normalize(z), labels, ids_per=ids_per)
+    return similarity_softmax_loss(batch.rows, batch.labels, batch.all_rows, batch.all_labels,
+                                   temperature=temperature, mode=mode, offset=batch.offset,
+                                   count_fn=batch.replicas.sum, block_rows=block_rows)

@@ -22,6 +22,7 @@ SupCon reference implementation).
 """
 
 import contextlib
+import functools
 import logging
 
 import keras
@@ -65,9 +66,7 @@ def distribution_scope(name):
     if name == "none":
         yield 1
     elif name in TF_STRATEGIES:
-        import tensorflow as tf
-
-        strategy = tf.distribute.MirroredStrategy()
+        strategy = mirrored_strategy()
         log.info("strategy %s: %d replicas", name, strategy.num_replicas_in_sync)
         with strategy.scope():
             yield strategy.num_replicas_in_sync
@@ -85,6 +84,21 @@ def distribution_scope(name):
             yield replicas
         finally:
             keras.distribution.set_distribution(previous)
+
+
+@functools.cache
+def mirrored_strategy():
+    """The process's one ``tf.distribute.MirroredStrategy``.
+
+    Created once and reused: a second ``MirroredStrategy`` in the same process
+    numbers its collective operations from the same start as the first, and
+    TensorFlow's collective executor then matches a new all-reduce with an
+    old one of another shape ("Shape mismatch in the collective instance 100",
+    seen here when a second ``fit`` with a different loss ran in one process).
+    """
+    import tensorflow as tf
+
+    return tf.distribute.MirroredStrategy()
 
 
 def has_gpu():
