@@ -6,6 +6,7 @@ devices (TensorFlow) or host devices (JAX) is fixed when the backend starts.
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -55,6 +56,41 @@ def test_distributed_step_equals_single_device_step(tmp_path, backend, replicas)
         for key in deltas:
             np.testing.assert_allclose(result[key.replace(single, split)], result[key],
                                        rtol=1e-4, atol=1e-6, err_msg=f"{tag} {key}")
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_two_jax_processes_train_as_one(tmp_path):
+    """The multi-machine route, as two processes on localhost:
+    ``keras.distribution.initialize`` from ``KERAS_DISTRIBUTION_*`` (CPU collectives
+    over Gloo), ``DataParallel`` over one CPU device per process, ``fit`` on the
+    same global tf.data batches in each. Both finish, their final weights are
+    equal, and equal those of one process training on the whole batches."""
+    script = HERE / "multiprocess_step.py"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    env.pop("XLA_FLAGS", None)
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, str(script), str(tmp_path / f"p{i}.npz"), str(i),
+                               "2", str(port)], env=env, cwd=HERE.parent,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(2)]
+    single = _run([script, tmp_path / "single.npz", 0, 1, _free_port()], backend="jax")
+    assert "ok 0 1" in single.stdout
+    for proc in procs:
+        output = proc.communicate(timeout=600)[0]
+        assert proc.returncode == 0, output[-3000:]
+    reference = np.load(tmp_path / "single.npz")
+    first, second = (np.load(tmp_path / f"p{i}.npz") for i in range(2))
+    assert sorted(first) == sorted(reference) and len(reference) == 18
+    # Training moved the weights, so equal weights are not equal initial weights.
+    assert np.abs(reference["supcon/weight0"] - reference["supcon/initial0"]).max() > 1e-2
+    for key in reference:
+        np.testing.assert_array_equal(first[key], second[key], err_msg=key)
+        np.testing.assert_allclose(first[key], reference[key], rtol=1e-5, atol=1e-6, err_msg=key)
 
 
 @pytest.mark.parametrize("backend,strategy", [("tensorflow", "mirrored"),
