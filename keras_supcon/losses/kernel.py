@@ -35,11 +35,17 @@ MODES = ("supcon_out", "supcon_in", "npairs")
 # Elements of one block of the similarity matrix (4 MiB of float32), a block
 # small enough to stay in a CPU core's cache while the loss and its gradient are formed.
 BLOCK_ELEMENTS = 1 << 20
+# Fewest rows per block. XLA's CPU code for matrix products of few rows is far
+# slower than for larger ones: at N = 16384 (B = 8192) 64-row blocks took SupCon
+# under XLA to 4.4x the similarity-product floor, 256-row blocks to 1.76x
+# (docs/performance.md, "XLA at B = 8192").
+MIN_BLOCK_ROWS = 256
 
 
 def default_block_rows(num_contrast):
-    """Rows per block for a contrast set of ``num_contrast`` (at least 64)."""
-    return max(64, BLOCK_ELEMENTS // max(int(num_contrast), 1))
+    """Rows per block for a contrast set of ``num_contrast``: ``BLOCK_ELEMENTS /
+    num_contrast``, at least :data:`MIN_BLOCK_ROWS`."""
+    return max(MIN_BLOCK_ROWS, BLOCK_ELEMENTS // max(int(num_contrast), 1))
 
 
 def _row_blocks(n, block_rows):
