@@ -102,10 +102,10 @@ def test_replica_split_gives_global_loss_and_gradient(mode, replicas):
 
 def test_default_block_rows_keeps_blocks_small():
     # A block holds BLOCK_ELEMENTS (4 MiB of float32) while that is at least
-    # MIN_BLOCK_ROWS rows; beyond, MIN_BLOCK_ROWS rows (16 MiB at N = 16384).
-    assert kernel.default_block_rows(4096) * 4096 <= kernel.BLOCK_ELEMENTS
-    assert kernel.default_block_rows(4096) == 256
-    assert kernel.default_block_rows(16384) == kernel.MIN_BLOCK_ROWS == 256
+    # MIN_BLOCK_ROWS rows; beyond, MIN_BLOCK_ROWS rows (32 MiB at N = 16384).
+    assert kernel.default_block_rows(2048) * 2048 == kernel.BLOCK_ELEMENTS
+    assert kernel.default_block_rows(2048) == 512
+    assert kernel.default_block_rows(16384) == kernel.MIN_BLOCK_ROWS == 512
     assert kernel.default_block_rows(10) == kernel.BLOCK_ELEMENTS // 10
     with pytest.raises(ValueError, match="mode must be one of"):
         kernel.similarity_softmax_loss(tf.ones((2, 2)), tf.constant([0, 1]), temperature=0.1,

@@ -36,10 +36,11 @@ MODES = ("supcon_out", "supcon_in", "npairs")
 # small enough to stay in a CPU core's cache while the loss and its gradient are formed.
 BLOCK_ELEMENTS = 1 << 20
 # Fewest rows per block. XLA's CPU code for matrix products of few rows is far
-# slower than for larger ones: at N = 16384 (B = 8192) 64-row blocks took SupCon
-# under XLA to 4.4x the similarity-product floor, 256-row blocks to 1.76x
+# slower than for larger ones: at N = 16384 (B = 8192) SupCon under XLA took
+# 4.4x the similarity-product floor with 64-row blocks, 2.2x with 128, 1.94x
+# with 256 and 1.91x with 512, while graph mode went from 1.64x to 1.74x
 # (docs/performance.md, "XLA at B = 8192").
-MIN_BLOCK_ROWS = 256
+MIN_BLOCK_ROWS = 512
 
 
 def default_block_rows(num_contrast):
