@@ -1,25 +1,24 @@
 """A short training job as one of several JAX processes; run by ``test_distribute.py``.
 
-``python tests/multiprocess_step.py OUT.npz PROCESS_ID NUM_PROCESSES PORT`` trains a
-small contrastive model for a few SGD steps with ``--strategy data-parallel``
+``python tests/multiprocess_step.py OUT.npz``, with ``KERAS_DISTRIBUTION_*`` set
+as for every process of a multi-process run, trains a small contrastive model
+for a few SGD steps with ``--strategy data-parallel``
 (:func:`keras_supcon.training.distribute.distribution_scope`, which calls
 ``keras.distribution.initialize()`` when ``KERAS_DISTRIBUTION_NUM_PROCESSES`` > 1),
 each process holding one CPU device. Every process passes the same global
 ``tf.data`` batches to ``fit``; ``DataParallel`` shards them (process ``p`` gets
 the ``p``-th slice of each global batch), as the training job relies on. With
-``NUM_PROCESSES`` 1 it is the single-process reference on the whole batch.
-The final weights go to ``OUT.npz``.
+``KERAS_DISTRIBUTION_NUM_PROCESSES`` unset it is the single-process reference on
+the whole batch. The initial and final weights go to ``OUT.npz``.
 """
 
 import os
 import sys
 
-out, process, processes, port = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+out = sys.argv[1]
+processes = int(os.environ.get("KERAS_DISTRIBUTION_NUM_PROCESSES", "1"))
+process = int(os.environ.get("KERAS_DISTRIBUTION_PROCESS_ID", "0"))
 os.environ["KERAS_BACKEND"] = "jax"
-os.environ["KERAS_DISTRIBUTION_JOB_ADDRESSES"] = ",".join(
-    f"localhost:{int(port) + i}" for i in range(processes))
-os.environ["KERAS_DISTRIBUTION_NUM_PROCESSES"] = str(processes)
-os.environ["KERAS_DISTRIBUTION_PROCESS_ID"] = str(process)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

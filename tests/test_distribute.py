@@ -64,6 +64,27 @@ def _free_port():
         return s.getsockname()[1]
 
 
+def _jax_processes(args_of, count=2, timeout=600):
+    """Run ``count`` JAX processes joined on localhost by ``KERAS_DISTRIBUTION_*``
+    (process ``i`` runs ``python args_of(i)``); their outputs once all succeeded."""
+    port = _free_port()
+    procs = []
+    for i in range(count):
+        env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="2",
+                   KERAS_DISTRIBUTION_JOB_ADDRESSES=",".join(
+                       f"localhost:{port + k}" for k in range(count)),
+                   KERAS_DISTRIBUTION_NUM_PROCESSES=str(count),
+                   KERAS_DISTRIBUTION_PROCESS_ID=str(i))
+        env.pop("XLA_FLAGS", None)  # one CPU device per process
+        procs.append(subprocess.Popen([sys.executable, *map(str, args_of(i))], env=env,
+                                      cwd=HERE.parent, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+    outputs = [proc.communicate(timeout=timeout)[0] for proc in procs]
+    for proc, output in zip(procs, outputs):
+        assert proc.returncode == 0, output[-3000:]
+    return outputs
+
+
 def test_two_jax_processes_train_as_one(tmp_path):
     """The multi-machine route, as two processes on localhost:
     ``keras.distribution.initialize`` from ``KERAS_DISTRIBUTION_*`` (CPU collectives
@@ -71,18 +92,9 @@ def test_two_jax_processes_train_as_one(tmp_path):
     same global tf.data batches in each. Both finish, their final weights are
     equal, and equal those of one process training on the whole batches."""
     script = HERE / "multiprocess_step.py"
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    env.pop("XLA_FLAGS", None)
-    port = _free_port()
-    procs = [subprocess.Popen([sys.executable, str(script), str(tmp_path / f"p{i}.npz"), str(i),
-                               "2", str(port)], env=env, cwd=HERE.parent,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for i in range(2)]
-    single = _run([script, tmp_path / "single.npz", 0, 1, _free_port()], backend="jax")
+    _jax_processes(lambda i: [script, tmp_path / f"p{i}.npz"])
+    single = _run([script, tmp_path / "single.npz"], backend="jax")
     assert "ok 0 1" in single.stdout
-    for proc in procs:
-        output = proc.communicate(timeout=600)[0]
-        assert proc.returncode == 0, output[-3000:]
     reference = np.load(tmp_path / "single.npz")
     first, second = (np.load(tmp_path / f"p{i}.npz") for i in range(2))
     assert sorted(first) == sorted(reference) and len(reference) == 18
@@ -91,6 +103,26 @@ def test_two_jax_processes_train_as_one(tmp_path):
     for key in reference:
         np.testing.assert_array_equal(first[key], second[key], err_msg=key)
         np.testing.assert_allclose(first[key], reference[key], rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+def test_two_jax_processes_run_the_training_job(tmp_path):
+    """``python -m keras_supcon.train --strategy data-parallel`` as two processes on
+    localhost, each with its own run directory: pre-training across both, then
+    the probe, the evaluation and the export on each process's own device
+    (``training.distribute.process_local``; Keras' ``predict`` cannot fetch outputs
+    sharded over processes). Both finish with the same metrics."""
+    _jax_processes(lambda i: ["-m", "keras_supcon.train", "--dataset", "digits",
+                              "--backbone", "small_resnet", "--image-size", "16",
+                              "--epochs", "1", "--batch-size", "32",
+                              "--strategy", "data-parallel", "--out", tmp_path / f"run{i}",
+                              "--verbose", "0"])
+    first, second = (json.loads((tmp_path / f"run{i}" / "metrics.json").read_text())
+                     for i in range(2))
+    assert first["replicas"] == second["replicas"] == 2
+    for key in ("accuracy", "f1_macro"):
+        assert first[key] == second[key], key
+    assert first["embedding"]["knn_accuracy"] == second["embedding"]["knn_accuracy"]
+    assert (tmp_path / "run0" / "saved_model").is_dir()
 
 
 @pytest.mark.parametrize("backend,strategy", [("tensorflow", "mirrored"),

@@ -101,6 +101,43 @@ def mirrored_strategy():
     return tf.distribute.MirroredStrategy()
 
 
+def multi_process():
+    """Whether this is one of several JAX processes (``keras.distribution.initialize``)."""
+    if keras.backend.backend() != "jax":
+        return False
+    import jax
+
+    return jax.process_count() > 1
+
+
+@contextlib.contextmanager
+def process_local(model):
+    """Yields ``model`` to run inference and small fits on this process's own
+    devices: in a multi-process run, a copy of it outside the distribution;
+    elsewhere ``model`` itself, and nothing changes.
+
+    Across processes ``DataParallel`` shards every batch over all processes'
+    devices, and ``model.predict`` then stops on outputs it cannot fetch
+    ("Fetching value for `jax.Array` that spans non-addressable (non process
+    local) devices is not possible"). The probe, the evaluation and the export
+    need every output on this process: inside, the distribution is lifted and
+    the copy holds the weights (replicated, so every process has them) in
+    process-local arrays; models built inside are process-local too.
+    """
+    if not multi_process():
+        yield model
+        return
+    weights = model.get_weights()
+    previous = keras.distribution.distribution()
+    keras.distribution.set_distribution(None)
+    try:
+        local = keras.models.clone_model(model)
+        local.set_weights(weights)
+        yield local
+    finally:
+        keras.distribution.set_distribution(previous)
+
+
 def has_gpu():
     """Whether the Keras backend sees a GPU."""
     if keras.backend.backend() == "jax":

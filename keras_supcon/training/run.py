@@ -79,6 +79,7 @@ from keras_supcon.training.distribute import (
     check_strategy,
     distribution_scope,
     precision_policy,
+    process_local,
 )
 from keras_supcon.training.optim import OPTIMIZERS, make_optimizer, steps_per_epoch
 from keras_supcon.training.probe import fit_linear_probe, fit_mlp_probe
@@ -421,7 +422,9 @@ def train(config=None, *, resume=False, overwrite=False, **settings):
         check_global_batch(config.batch_size, replicas)
         data, encoder, classifier = _train_stages(config, run, resume)
     # Evaluation and export run outside the strategy, on this process's devices.
-    metrics = evaluate_run(config, data, run, classifier, encoder)
+    with process_local(classifier) as classifier:
+        encoder = classifier.get_layer(encoder.name)
+        metrics = evaluate_run(config, data, run, classifier, encoder)
     metrics["wall_time_s"] = round(time.time() - started, 1)
     metrics["replicas"] = replicas
     metrics["run_dir"] = str(run.path)
@@ -482,7 +485,13 @@ def _new_encoder(config):
 
 
 def _train_probe(config, data, run, encoder):
-    """Stage ``linear``: the ``config.probe`` classifier on the frozen ``encoder``."""
+    """Stage ``linear``: the ``config.probe`` classifier on the frozen ``encoder``
+    (on this process's devices when there are several processes)."""
+    with process_local(encoder) as encoder:
+        return _fit_probe(config, data, run, encoder)
+
+
+def _fit_probe(config, data, run, encoder):
     freeze(encoder)
     classifier = build_classifier(encoder, data.num_classes, l2=config.l2,
                                   hidden=config.probe_hidden if config.probe == "nn" else None)
