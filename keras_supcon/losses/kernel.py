@@ -37,9 +37,9 @@ MODES = ("supcon_out", "supcon_in", "npairs")
 BLOCK_ELEMENTS = 1 << 20
 # Fewest rows per block. XLA's CPU code for matrix products of few rows is far
 # slower than for larger ones: at N = 16384 (B = 8192) SupCon under XLA took
-# 4.4x the similarity-product floor with 64-row blocks, 2.2x with 128, 1.94x
-# with 256 and 1.91x with 512, while graph mode went from 1.64x to 1.74x
-# (docs/performance.md, "XLA at B = 8192").
+# 7.0x the similarity-product floor with 64-row blocks, 2.18x with 128, 1.90x
+# with 256, 1.92x with 512 and 1.86x with 1024, while graph mode stayed at
+# 1.65x-1.80x (docs/performance.md, "XLA at B = 8192").
 MIN_BLOCK_ROWS = 512
 
 

@@ -14,10 +14,9 @@
   ``KERAS_DISTRIBUTION_NUM_PROCESSES`` and ``KERAS_DISTRIBUTION_PROCESS_ID``.
 
 The batch size stays the global batch (the ``tf.data`` batch), as in Keras;
-each replica gets ``batch_size / replicas`` images. The contrastive losses
-compare every anchor with the global batch (see
-:mod:`keras_supcon.losses.replicas`), so 4 devices x 256 train like one batch
-of 1024. BatchNorm statistics stay per replica (Keras' default, as in the
+each replica gets ``batch_size / replicas`` images. Every loss sees the global
+batch (see :mod:`keras_supcon.losses.replicas`), so 4 devices x 256 train like
+one batch of 1024. BatchNorm statistics stay per replica (Keras' default, as in the
 SupCon reference implementation).
 """
 
