@@ -3,7 +3,7 @@ pruning, ablations) and read by the reports.
 
 - :mod:`.rundir`: the run directory (atomic files, ``config.json`` with the library
   versions, ``state.json``), opening a new or interrupted run, and the stage
-  lifecycle (:func:`~.rundir.run_stage`: load a finished stage, or train, save and
+  lifecycle (:meth:`~.rundir.RunDir.stage`: load a finished stage, or train, save and
   mark it);
 - :mod:`.callbacks`: ``history.csv``, per-epoch checkpoints, the best epoch (kept
   across ``--resume``), precise BatchNorm statistics before validation;
