@@ -14,8 +14,15 @@ Public API::
 
 import os
 
+from keras_supcon._cpu import prefer_onednn
 from keras_supcon._launch import launched_as_command
 from keras_supcon._version import __version__
+
+# The one exception to leaving the environment alone, for user code too: TensorFlow's
+# oneDNN kernels on every x86 CPU (on an AVX2-only CPU TensorFlow would pick Eigen's,
+# where ResNet-50's training step is ~5x slower: keras_supcon/_cpu.py). A value the user
+# set is kept; it must be set before TensorFlow is imported.
+prefer_onednn()
 
 # Imported by user code, the package leaves the environment alone. Started as one
 # of its commands (keras-supcon-train, python -m keras_supcon.train, ...), the

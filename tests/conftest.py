@@ -1,7 +1,24 @@
+"""The suite's settings, read before any test module imports TensorFlow or JAX.
+
+``python -m pytest --isa avx2`` (or ``KERAS_SUPCON_TEST_ISA=avx2``) runs the whole suite, its
+subprocesses included, on the kernels of our AVX2-only machine kind (keras_supcon/_cpu.py): the
+slow mode, run before every stop. The header names the CPU and the mode.
+"""
+
+import importlib.util
 import os
+import sys
+from pathlib import Path
+
+# keras_supcon/_cpu.py alone: importing the package would import TensorFlow before the cap.
+_spec = importlib.util.spec_from_file_location(
+    "keras_supcon_cpu", Path(__file__).resolve().parents[1] / "keras_supcon" / "_cpu.py")
+_cpu = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_cpu)
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+_cpu.prefer_onednn()  # as the package does, also for test modules that import TensorFlow first
 
 
 def _threads_per_worker():
@@ -18,11 +35,53 @@ if "PYTEST_XDIST_WORKER" in os.environ:
     for _var in ("TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS"):
         os.environ.setdefault(_var, _n)
 
-from pathlib import Path  # noqa: E402
-
 import pytest  # noqa: E402
 
-CIFAR_SUBSET = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10_subset.npz"
+# 1,000 real CIFAR-10 images committed with the tests (tests/data/README.md)
+CIFAR_TINY = Path(__file__).resolve().parent / "data" / "cifar10_tiny.npz"
+ISA_ENV = "KERAS_SUPCON_TEST_ISA"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--isa", choices=sorted(_cpu.ISA_CAPS), default=None,
+                     help="cap oneDNN's and XLA's CPU kernels at this ISA: 'avx2' runs the "
+                          f"kernels of the AVX2-only machine kind (default: ${ISA_ENV} or "
+                          "native)")
+
+
+# The one thing the emulation cannot do. TensorFlow sends bfloat16 ops to oneDNN when the CPU
+# has AVX512F (an AVX2 CPU falls back to Eigen's kernels), and oneDNN capped at AVX2 has no
+# bfloat16 kernels: the process dies (segmentation fault in MatMul).
+BF16_EMULATION_REASON = (
+    "--isa avx2 on an AVX-512 CPU cannot run TensorFlow's bfloat16 ops (TensorFlow sends them "
+    "to oneDNN, capped at AVX2 and without bfloat16 kernels); run in the native mode, and on "
+    "a real AVX2 CPU, where TensorFlow falls back to Eigen")
+
+
+def pytest_configure(config):
+    """Runs in the controller and in every xdist worker before the test modules are
+    imported, so TensorFlow and JAX (and the processes tests start) see the cap."""
+    config.addinivalue_line("markers", "bfloat16: runs TensorFlow bfloat16 ops "
+                            "(not under --isa avx2 on an AVX-512 CPU: BF16_EMULATION_REASON)")
+    isa = config.getoption("--isa") or os.environ.get(ISA_ENV, "native")
+    if "tensorflow" in sys.modules or "jax" in sys.modules:
+        raise pytest.UsageError("--isa must be applied before TensorFlow / JAX are imported")
+    _cpu.cap_isa(isa)
+    os.environ[ISA_ENV] = isa  # the workers and subprocesses inherit the mode
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get(ISA_ENV) == "avx2" and _cpu.cpu_kind() == "avx512":
+        for item in items:
+            if "bfloat16" in item.keywords:
+                item.add_marker(pytest.mark.skip(reason=BF16_EMULATION_REASON))
+
+
+def pytest_report_header(config):
+    return (f"cpu: {_cpu.cpu_kind()}; kernels: --isa {os.environ.get(ISA_ENV)} "
+            f"(ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA', '-')}, "
+            f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '-')}, "
+            f"TF_ENABLE_ONEDNN_OPTS={os.environ.get('TF_ENABLE_ONEDNN_OPTS', '-')})")
 
 
 @pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook
@@ -31,10 +90,7 @@ def pytest_xdist_auto_num_workers(config):
     return max(1, min(os.cpu_count() or 1, 4))
 
 
-@pytest.fixture
-def cifar_subset():
-    if not CIFAR_SUBSET.exists():
-        raise FileNotFoundError(
-            f"{CIFAR_SUBSET} is missing: the tests expect ../shared beside the checkout."
-        )
-    return CIFAR_SUBSET
+@pytest.fixture(scope="session")
+def cifar_tiny():
+    """Path of the committed real-image fixture (800 train / 200 test CIFAR-10 images)."""
+    return CIFAR_TINY

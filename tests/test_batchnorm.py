@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 import pytest
+from tolerances import F32
 
 from keras_supcon.models import build_classifier, build_encoder, freeze
 from keras_supcon.models.batchnorm import (
@@ -37,8 +38,11 @@ def test_precise_statistics_are_the_average_of_batch_statistics(sizes):
     batches = _batches(sizes)
     assert precise_batchnorm(model, [(b, np.zeros(len(b))) for b in batches]) == len(sizes)
     mean, var = _numpy_statistics(batches)
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(bn.moving_mean), mean, rtol=1e-5)
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(bn.moving_variance), var, rtol=1e-4)
+    # float32 running averages of O(1) statistics against float64: F32 (variances: the
+    # squares double the relative round-off, and the variance of a few samples is noisier)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(bn.moving_mean), mean, **F32)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(bn.moving_variance), var, rtol=1e-4,
+                               atol=1e-6)
     assert bn.momentum == 0.99  # restored
 
 
@@ -50,8 +54,11 @@ def test_precise_statistics_of_a_frozen_model_and_a_batch_limit():
     weights = [w.copy() for w in model.get_weights()]
     assert precise_batchnorm(model, iter(batches), max_batches=2) == 2
     mean, var = _numpy_statistics(batches[:2])
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(bn.moving_mean), mean, rtol=1e-5)
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(bn.moving_variance), var, rtol=1e-4)
+    # float32 running averages of O(1) statistics against float64: F32 (variances: the
+    # squares double the relative round-off, and the variance of a few samples is noisier)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(bn.moving_mean), mean, **F32)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(bn.moving_variance), var, rtol=1e-4,
+                               atol=1e-6)
     assert not bn.trainable and not model.trainable
     np.testing.assert_array_equal(model.get_weights()[0], weights[0])  # gamma untouched
     np.testing.assert_array_equal(model.get_weights()[1], weights[1])  # beta untouched

@@ -18,6 +18,9 @@ from benchmarks import run as bench_run  # noqa: E402
 from benchmarks.common import ROOT  # noqa: E402
 from keras_supcon.losses import supcon_loss  # noqa: E402
 
+# The quick run's `mixed` precision computes in bfloat16 (tests/conftest.py on --isa avx2).
+BF16 = pytest.mark.bfloat16
+
 DOC = """# Perf
 
 Intro to keep.
@@ -45,6 +48,7 @@ def quick_run(tmp_path_factory):
     return data, doc
 
 
+@BF16
 def test_quick_results_cover_every_configuration(quick_run):
     data, _ = quick_run
     assert data["name"] == "loss_kernels" and "--quick" in data["command"]
@@ -73,6 +77,7 @@ def test_quick_results_cover_every_configuration(quick_run):
             assert min(floors) == pytest.approx(1.0)
 
 
+@BF16
 def test_quick_memory_probe(quick_run):
     data, _ = quick_run
     (probe,) = data["results"]["memory"]
@@ -109,6 +114,7 @@ def test_memory_probe_without_allocator_statistics(monkeypatch):
     assert "[rss]" in text and "[allocator]" in text
 
 
+@BF16
 def test_run_replaces_only_its_sections(quick_run):
     data, doc = quick_run
     text = doc.read_text()
@@ -122,6 +128,7 @@ def test_run_replaces_only_its_sections(quick_run):
     assert text.index("<!-- END loss_kernels -->") < text.index("Tail to keep.")
 
 
+@BF16
 def test_markdown_renders_times_memory_and_gaps(quick_run):
     data, _ = quick_run
     text = loss_kernels.markdown(data)
@@ -144,6 +151,7 @@ def test_markdown_renders_times_memory_and_gaps(quick_run):
     assert "failed: killed (out of memory?)" in text
 
 
+@BF16
 def test_run_reports_a_failing_benchmark_and_keeps_the_others(quick_run, tmp_path,
                                                               monkeypatch, capsys):
     data, _ = quick_run

@@ -45,9 +45,9 @@ def test_digits_is_split_into_disjoint_train_val_test():
     assert [int(y) for _, y in other.val] != [int(y) for _, y in splits.val]
 
 
-def test_cifar_subset_npz(cifar_subset):
-    splits = load_dataset(str(cifar_subset))
-    assert splits.sizes == {"train": 4653, "val": 517, "test": 1017}
+def test_cifar_npz(cifar_tiny):
+    splits = load_dataset(str(cifar_tiny))
+    assert splits.sizes == {"train": 720, "val": 80, "test": 200}
     assert splits.class_names[:3] == ["airplane", "automobile", "bird"]
     x, y = _first(splits.test)
     assert x.shape == (32, 32, 3) and x.dtype == tf.uint8
@@ -247,9 +247,11 @@ def test_augment_layer_in_a_model_reloads_with_the_same_views(tmp_path):
     np.testing.assert_array_equal(loaded(images, training=True).numpy(), fresh)
     layer = assert_layer_round_trip(loaded.get_layer("augment"))
     assert (layer.policy, layer.views, layer.seed) == (get_policy("simclr"), 2, 7)
-    # inference: no augmentation, the same two views
+    # inference: no augmentation, the same two views. They sit at two positions of one
+    # batch, which float32 kernels may vectorise differently (3.7e-8 apart on an AVX2
+    # CPU): unit vectors, so an absolute floor of ~10 float32 epsilons of their norm.
     out = loaded(images, training=False).numpy()
-    np.testing.assert_allclose(out[:, 0], out[:, 1], rtol=1e-6)
+    np.testing.assert_allclose(out[:, 0], out[:, 1], rtol=1e-5, atol=1e-6)
 
 
 def test_augment_layer_in_tf_data_and_its_errors():

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tolerances import F32
 
 from keras_supcon.errors import ConfigError
 from keras_supcon.training.distribute import check_global_batch, check_strategy
@@ -47,7 +48,7 @@ def test_distributed_step_equals_single_device_step(tmp_path, backend, replicas)
     assert len(singles) == 20, singles
     for tag in singles:
         single, split = f"{tag}/single/", f"{tag}/replicas/"
-        np.testing.assert_allclose(result[split + "loss"], result[single + "loss"], rtol=1e-5,
+        np.testing.assert_allclose(result[split + "loss"], result[single + "loss"], **F32,
                                    err_msg=tag)
         deltas = sorted(k for k in result if k.startswith(single + "delta"))
         assert len(deltas) >= 4, (tag, deltas)

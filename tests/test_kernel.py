@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from test_losses import LABEL_PATTERNS, numeric_grad, ref_npairs, ref_supcon
+from tolerances import F64
 
 from keras_supcon.losses import kernel
 from keras_supcon.losses.similarity import l2_normalize
@@ -95,7 +96,7 @@ def test_replica_split_gives_global_loss_and_gradient(mode, replicas):
         tape.watch(z)
         whole = _kernel_loss(z, labels, mode, 0.2, None)
         split = tf.add_n(_replica_losses(z, labels, mode, 0.2, replicas))
-    np.testing.assert_allclose(float(split), float(whole), rtol=1e-12)
+    np.testing.assert_allclose(float(split), float(whole), **F64)
     np.testing.assert_allclose(tape.gradient(split, z).numpy(), tape.gradient(whole, z).numpy(),
                                rtol=1e-10, atol=1e-14)
 

@@ -8,6 +8,7 @@ import json
 import keras
 import numpy as np
 import pytest
+from tolerances import F32
 
 from keras_supcon.cli.pseudo_label import main as pseudo_main
 from keras_supcon.cli.train import main as train_main
@@ -20,11 +21,7 @@ from keras_supcon.models.batchnorm import batchnorm_layers
 from keras_supcon.runs import callbacks as callbacks_module
 from keras_supcon.training import fine_tune_linear, fine_tune_nn, train
 from keras_supcon.training import run as run_module
-from keras_supcon.training.pseudo import (
-    parse_ratios,
-    run_pseudo_labelling,
-    split_pools,
-)
+from keras_supcon.training.pseudo import parse_ratios, run_pseudo_labelling, split_pools
 from keras_supcon.training.run import TrainConfig, center_loss_model
 
 QUICK = dict(backbone="small_resnet", image_size=8, epochs=1, linear_epochs=1, batch_size=32,
@@ -67,7 +64,7 @@ def test_center_loss_model_shares_the_classifier_and_updates_centres():
     images = np.random.default_rng(0).uniform(0, 255, (6, 8, 8, 3)).astype("float32")
     labels = np.array([0, 1, 2, 0, 1, 2], "int32")
     np.testing.assert_allclose(np.asarray(model([images, labels])), np.asarray(classifier(images)),
-                               rtol=1e-6)
+                               **F32)
     assert {id(w) for w in classifier.weights} < {id(w) for w in model.weights}
     model.compile(optimizer=keras.optimizers.SGD(0.0), loss="sparse_categorical_crossentropy")
     centres = model.get_layer("center_loss").centers

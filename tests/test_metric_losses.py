@@ -13,6 +13,7 @@ import pytest
 import tensorflow as tf
 from roundtrip import assert_layer_round_trip, assert_loss_round_trip
 from test_losses import LABEL_PATTERNS, numeric_grad, tf_value_and_grad
+from tolerances import F32, F64
 
 from keras_supcon.losses import (
     BarlowTwinsLoss,
@@ -177,7 +178,7 @@ def test_triplet_gradient_finite_at_coincident_embeddings(mining):
         assert np.all(np.isfinite(tape.gradient(loss, e).numpy()))
     if mining != "random":
         np.testing.assert_allclose(float(triplet_loss(labels, emb, mining=mining)),
-                                   ref_triplet(emb, labels, 0.2, mining, False), rtol=1e-6)
+                                   ref_triplet(emb, labels, 0.2, mining, False), **F32)
 
 
 @pytest.mark.parametrize("mining", ["semihard", "hard", "all"])
@@ -186,7 +187,7 @@ def test_triplet_margins(mining, margin):
     rng = np.random.default_rng(2)
     emb, labels = rng.normal(size=(9, 2, 5)), rng.integers(0, 3, size=9)
     got = float(triplet_loss(labels, emb, margin=margin, mining=mining))
-    np.testing.assert_allclose(got, ref_triplet(emb, labels, margin, mining, False), rtol=1e-6)
+    np.testing.assert_allclose(got, ref_triplet(emb, labels, margin, mining, False), **F32)
 
 
 def test_random_triplets_valid_and_uniform_over_candidates():
@@ -223,7 +224,7 @@ def test_triplet_loss_class_matches_function_and_serialises():
     labels = rng.integers(0, 3, size=10)
     for kwargs in [dict(), dict(mining="hard"), dict(mining="all", margin=0.5, squared=True)]:
         value = assert_loss_round_trip(TripletLoss(**kwargs), labels, emb)
-        np.testing.assert_allclose(value, float(triplet_loss(labels, emb, **kwargs)), rtol=1e-6)
+        np.testing.assert_allclose(value, float(triplet_loss(labels, emb, **kwargs)), **F32)
     # Random mining: a fresh draw per call, reproducible from the seed.
     first, second = TripletLoss(mining="random", seed=9), TripletLoss(mining="random", seed=9)
     values = [float(first(labels, emb)) for _ in range(3)]
@@ -264,7 +265,7 @@ def test_semihard_picks_the_nearest_negative_beyond_the_positive():
         expected.append(max(d_ap - d_an + margin, 0))
     assert expected[0] == pytest.approx(max(chord(0, .3) - chord(0, .5) + margin, 0))
     got = float(triplet_loss(labels, emb, margin=margin, mining="semihard"))
-    np.testing.assert_allclose(got, np.mean(expected), rtol=1e-6)
+    np.testing.assert_allclose(got, np.mean(expected), **F32)
 
 
 def test_triplet_rejects_bad_arguments():
@@ -291,7 +292,7 @@ def test_center_loss_value_and_gradient(batch, dim, classes):
     centers = rng.normal(size=(classes, dim))
     value, grad = tf_value_and_grad(lambda f: center_loss(f, labels, centers), x)
     reference = lambda f: ref_center(f.tolist(), labels, centers.tolist())  # noqa: E731
-    np.testing.assert_allclose(value, reference(x), rtol=1e-12)
+    np.testing.assert_allclose(value, reference(x), **F64)
     np.testing.assert_allclose(grad, numeric_grad(reference, x), rtol=1e-6, atol=1e-8)
     c = tf.Variable(centers)
     with tf.GradientTape() as tape:
@@ -343,7 +344,7 @@ def test_center_loss_layer_in_model_fit():
     model([xb, yb], training=True)
     assert len(model.losses) == 1
     np.testing.assert_allclose(float(model.losses[0]),
-                               0.1 * ref_center(feats.tolist(), yb, before.tolist()), rtol=1e-5)
+                               0.1 * ref_center(feats.tolist(), yb, before.tolist()), **F32)
 
     # One exact train step: learning rate 0 keeps the features, so the centres move by
     # update_centers of the features seen and the loss is cross-entropy + weight * L_C.
@@ -356,7 +357,7 @@ def test_center_loss_layer_in_model_fit():
         rtol=1e-5, atol=1e-6)
     cross_entropy = -sum(math.log(probs[i][yb[i]]) for i in range(len(yb))) / len(yb)
     expected = cross_entropy + 0.1 * ref_center(feats.tolist(), yb, before.tolist())
-    np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+    np.testing.assert_allclose(float(loss), expected, **F32)
 
 
 def test_center_loss_layer_float32_under_mixed_precision():
@@ -370,7 +371,7 @@ def test_center_loss_layer_float32_under_mixed_precision():
     x64 = feats.numpy().astype("float64").tolist()
     lab = labels.numpy()[:, 0].astype(int)
     np.testing.assert_allclose(float(layer.losses[0]),
-                               0.003 * ref_center(x64, lab, [[0.0] * 5] * 3), rtol=1e-6)
+                               0.003 * ref_center(x64, lab, [[0.0] * 5] * 3), **F32)
     np.testing.assert_allclose(layer.centers.numpy(), ref_update(x64, lab, [[0.0] * 5] * 3, 1.0),
                                rtol=1e-6, atol=1e-7)
 
@@ -405,7 +406,7 @@ def test_center_loss_serialises_and_saves_centres(tmp_path):
     loaded = keras.saving.load_model(tmp_path / "center.keras")
     np.testing.assert_array_equal(loaded.get_layer("center").centers.numpy(), centres)
     assert not loaded.get_layer("center").centers.trainable
-    np.testing.assert_allclose(loaded([x, y]).numpy(), model([x, y]).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(loaded([x, y]).numpy(), model([x, y]).numpy(), **F32)
 
 
 # ----------------------------------------------------------------- Barlow Twins
@@ -422,7 +423,7 @@ def test_barlow_twins_matches_reference(n, dim, lambda_):
 
     value, grad = tf_value_and_grad(
         lambda v: barlow_twins_loss(v[:, 0], v[:, 1], lambda_=lambda_), z)
-    np.testing.assert_allclose(value, reference(z), rtol=1e-10)
+    np.testing.assert_allclose(value, reference(z), **F64)
     np.testing.assert_allclose(grad, numeric_grad(reference, z), rtol=1e-5, atol=1e-7)
 
 
@@ -431,7 +432,7 @@ def test_barlow_twins_class_matches_function_and_serialises():
     z = rng.normal(size=(12, 2, 7)).astype("float32")
     value = assert_loss_round_trip(BarlowTwinsLoss(lambda_=0.01), np.arange(12), z)
     np.testing.assert_allclose(value, ref_barlow(z[:, 0].tolist(), z[:, 1].tolist(), 0.01),
-                               rtol=1e-5)
+                               **F32)
 
 
 def test_barlow_twins_errors():

@@ -2,6 +2,7 @@ import keras
 import numpy as np
 import pytest
 import tf_keras
+from tolerances import F32
 
 from keras_supcon.errors import ConfigError, OfflineError
 from keras_supcon.models import (
@@ -133,10 +134,10 @@ def test_model_shapes_and_unit_norm_embeddings():
     model = build_contrastive_model(encoder, head, views=3)
     z = np.asarray(model(np.stack([_images(4, 16, s) for s in range(3)], axis=1)))
     assert z.shape == (4, 3, 8)
-    np.testing.assert_allclose(np.linalg.norm(z, axis=-1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(z, axis=-1), 1.0, **F32)
     probs = np.asarray(build_classifier(encoder, 5)(_images(4, 16)))
     assert probs.shape == (4, 5)
-    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, **F32)
 
 
 def test_contrastive_model_encodes_each_view_like_the_encoder():
@@ -169,7 +170,7 @@ def test_frozen_encoder_runs_batchnorm_in_inference_mode():
     classifier = build_classifier(freeze(encoder), 3)
     x = _images(8, 16)
     np.testing.assert_allclose(np.asarray(classifier(x, training=True)),
-                               np.asarray(classifier(x, training=False)), rtol=1e-6)
+                               np.asarray(classifier(x, training=False)), **F32)
     trainable = {w.path for w in classifier.trainable_weights}
     assert all("probabilities" in p for p in trainable) and len(trainable) == 2
 
@@ -183,18 +184,21 @@ def test_models_round_trip_through_keras_files(tmp_path):
         path = tmp_path / f"{m.name}.keras"
         m.save(path)
         loaded = keras.models.load_model(path)
-        np.testing.assert_allclose(np.asarray(loaded(inp)), np.asarray(m(inp)), rtol=1e-6)
+        np.testing.assert_allclose(np.asarray(loaded(inp)), np.asarray(m(inp)), **F32)
     assert isinstance(keras.models.load_model(tmp_path / "classifier.keras")
                       .get_layer("encoder_small_resnet").get_layer("preprocess"), ImagePreprocess)
 
 
-def test_tf_keras_twin_from_the_same_builder_matches_exactly():
+def test_tf_keras_twin_from_the_same_builder_matches():
     x = _images(4, 16)
     classifier = build_classifier(build_encoder("small_resnet", 16), 5)
     twin = build_classifier(build_encoder("small_resnet", 16, K=tf_keras), 5, K=tf_keras)
     assert [w.shape for w in twin.weights] == [tuple(w.shape) for w in classifier.weights]
     twin.set_weights(classifier.get_weights())
-    np.testing.assert_array_equal(twin.predict(x, verbose=0), classifier.predict(x, verbose=0))
+    # two frameworks' graphs of the same layers: equal up to float32 round-off (their kernels
+    # need not associate sums alike), not to the bit
+    np.testing.assert_allclose(twin.predict(x, verbose=0), classifier.predict(x, verbose=0),
+                               **F32)
 
 
 def test_weights_from_a_local_file(tmp_path):
@@ -204,7 +208,7 @@ def test_weights_from_a_local_file(tmp_path):
     backbone.save_weights(path)
     loaded = build_encoder("small_resnet", 16, weights=str(path))
     x = _images(2, 16)
-    np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(source(x)), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(source(x)), **F32)
     with pytest.raises(ConfigError, match="weights file not found"):
         build_encoder("small_resnet", 16, weights=str(tmp_path / "missing.h5"))
     bad = tmp_path / "bad.weights.h5"

@@ -204,6 +204,7 @@ def test_joint_supcon_ce_run(tmp_path):
     assert classifier.output_shape == (None, 10)
 
 
+@pytest.mark.bfloat16
 def test_mixed_precision_run(tmp_path):
     try:
         metrics = train(out=str(tmp_path / "mp"), mixed_precision=True, **QUICK)
@@ -240,16 +241,12 @@ def test_readme_commands_are_the_ones_tested():
     assert "python -m pytest" in text
 
 
-def test_supcon_learns_on_the_real_cifar10_subset(cifar_subset, tmp_path):
-    """A short SupCon + linear run on real CIFAR-10 images lands well above chance (10%).
-
-    16-pixel images, a quarter of the cost of 32 (measured here: test accuracy
-    0.245, kNN accuracy 0.38, 35 s alone). 5 pre-training epochs: with BatchNorm
-    over both views together (as in the reference code) 3 epochs gave 0.17-0.18
-    at 32 pixels, 5 epochs 0.27."""
-    metrics = train(out=str(tmp_path / "cifar"), dataset=str(cifar_subset),
-                    backbone="small_resnet", image_size=16, epochs=5, linear_epochs=3,
-                    batch_size=128, verbose=0)
-    assert metrics["num_examples"] == 1017
-    assert metrics["accuracy"] > 0.2, metrics["accuracy"]
-    assert metrics["embedding"]["knn_accuracy"] > 0.3, metrics["embedding"]
+def test_supcon_runs_on_real_cifar10_images(cifar_tiny, tmp_path):
+    """The CIFAR-10 path (a .npz of real 32x32 RGB images, 10 classes) end to end, at a smoke
+    budget on the committed fixture. The learning claim (test accuracy > 0.2, kNN > 0.3 after
+    5 epochs on the shared subset) is experiments/cifar_short_run.py's, in docs/results.md."""
+    metrics = train(out=str(tmp_path / "cifar"), dataset=str(cifar_tiny), **QUICK)
+    assert metrics["num_examples"] == 200
+    assert sorted(metrics["per_class_accuracy"]) == sorted(
+        ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+         "truck"])
