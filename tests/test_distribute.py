@@ -113,8 +113,8 @@ def test_two_jax_processes_run_the_training_job(tmp_path):
     (``training.distribute.process_local``; Keras' ``predict`` cannot fetch outputs
     sharded over processes). Both finish with the same metrics."""
     _jax_processes(lambda i: ["-m", "keras_supcon.train", "--dataset", "digits",
-                              "--backbone", "small_resnet", "--image-size", "16",
-                              "--epochs", "1", "--batch-size", "32",
+                              "--backbone", "small_resnet", "--image-size", "8",
+                              "--epochs", "1", "--batch-size", "64",
                               "--strategy", "data-parallel", "--out", tmp_path / f"run{i}",
                               "--verbose", "0"])
     first, second = (json.loads((tmp_path / f"run{i}" / "metrics.json").read_text())
@@ -133,8 +133,8 @@ def test_train_job_on_two_replicas(tmp_path, backend, strategy):
     evaluation (full batches only under keras.distribution), metrics, export."""
     out = tmp_path / "run"
     _run([HERE / "distributed_step.py", "--job", 2, "--dataset", "digits",
-          "--backbone", "small_resnet", "--image-size", "16", "--epochs", "1",
-          "--linear-epochs", "1", "--batch-size", "32", "--strategy", strategy,
+          "--backbone", "small_resnet", "--image-size", "8", "--epochs", "1",
+          "--linear-epochs", "1", "--batch-size", "64", "--strategy", strategy,
           "--out", out, "--verbose", "0"], backend=backend)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["replicas"] == 2

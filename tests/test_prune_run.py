@@ -20,6 +20,7 @@ from keras_supcon.data import load_dataset, supervised_batches
 from keras_supcon.training import train
 
 QUICK_PRUNE = dict(epochs=1, verbose=0)
+SIZE = 8  # digits are 8x8 images: the classifier sees them as they are, at the least cost
 
 
 def _tree_digest(root, skip="pruning"):
@@ -53,7 +54,7 @@ def _zipped(path, tmp_path):
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, request):
     out = tmp_path_factory.mktemp("runs") / "digits_ce"
-    train(dataset="digits", loss="ce", backbone="small_resnet", image_size=16,
+    train(dataset="digits", loss="ce", backbone="small_resnet", image_size=SIZE,
           epochs=2, batch_size=64, out=str(out), verbose=0)
     return out
 
@@ -116,7 +117,7 @@ def test_pruned_saved_model_loads_both_ways_and_matches_the_stripped_model(sweep
     run, _, _ = sweep
     job = run / "pruning" / "magnitude-s0.50"
     model = keras.models.load_model(job / "pruned_classifier.keras")
-    images = next(iter(supervised_batches(load_dataset("digits").test, 16, 32)))[0]
+    images = next(iter(supervised_batches(load_dataset("digits").test, SIZE, 32)))[0]
     expected = np.asarray(model(images))
     sig = tf.saved_model.load(str(job / "pruned_saved_model")).signatures["serving_default"]
     np.testing.assert_allclose(sig(images=images)["probabilities"].numpy(), expected,

@@ -238,7 +238,10 @@ def test_package_entry_point_survives_importing_the_cli():
 def test_readme_commands_are_the_ones_tested():
     text = README.read_text()
     assert "python -m keras_supcon.train --backbone densenet201" in text
-    assert "python -m pytest" in text
+    assert "```bash\npython -m pytest\n```" in text
+    # CI runs that same command, the whole suite, as its last step
+    ci = (README.parent / ".ci" / "run").read_text().strip().splitlines()
+    assert ci[-1] == "python -m pytest"
 
 
 def test_supcon_runs_on_real_cifar10_images(cifar_tiny, tmp_path):
