@@ -27,7 +27,7 @@ from keras_supcon.training.probe import C_GRID
 SIZE = 8
 OTHER = "resnet18_cifar"
 BUDGET = ["--dataset", "digits", "--image-size", str(SIZE), "--epochs", "1", "--linear-epochs", "1",
-          "--batch-size", "64", "--verbose", "0"]
+          "--batch-size", "64", "--precise-bn-batches", "4", "--verbose", "0"]
 NAMES = ["small_resnet-ce", "small_resnet-supcon", f"{OTHER}-ce", f"{OTHER}-supcon"]
 CRASHING = "small_resnet-supcon"
 

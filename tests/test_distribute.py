@@ -114,7 +114,7 @@ def test_two_jax_processes_run_the_training_job(tmp_path):
     sharded over processes). Both finish with the same metrics."""
     _jax_processes(lambda i: ["-m", "keras_supcon.train", "--dataset", "digits",
                               "--backbone", "small_resnet", "--image-size", "8",
-                              "--epochs", "1", "--batch-size", "64",
+                              "--epochs", "1", "--batch-size", "64", "--precise-bn-batches", "4",
                               "--strategy", "data-parallel", "--out", tmp_path / f"run{i}",
                               "--verbose", "0"])
     first, second = (json.loads((tmp_path / f"run{i}" / "metrics.json").read_text())
@@ -134,7 +134,8 @@ def test_train_job_on_two_replicas(tmp_path, backend, strategy):
     out = tmp_path / "run"
     _run([HERE / "distributed_step.py", "--job", 2, "--dataset", "digits",
           "--backbone", "small_resnet", "--image-size", "8", "--epochs", "1",
-          "--linear-epochs", "1", "--batch-size", "64", "--strategy", strategy,
+          "--linear-epochs", "1", "--batch-size", "64", "--precise-bn-batches", "4",
+          "--strategy", strategy,
           "--out", out, "--verbose", "0"], backend=backend)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["replicas"] == 2

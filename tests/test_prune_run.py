@@ -55,7 +55,7 @@ def _zipped(path, tmp_path):
 def trained_run(tmp_path_factory, request):
     out = tmp_path_factory.mktemp("runs") / "digits_ce"
     train(dataset="digits", loss="ce", backbone="small_resnet", image_size=SIZE,
-          epochs=2, batch_size=64, out=str(out), verbose=0)
+          epochs=2, batch_size=64, precise_bn_batches=4, out=str(out), verbose=0)
     return out
 
 

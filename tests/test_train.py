@@ -18,8 +18,9 @@ from keras_supcon.data import load_dataset, supervised_batches
 from keras_supcon.training import train
 from keras_supcon.training.probe import C_GRID
 
+# precise BatchNorm statistics over 4 clean batches, not 100: the same code path, ~3 s less a run
 QUICK = dict(backbone="small_resnet", image_size=16, epochs=1, linear_epochs=1, batch_size=32,
-             verbose=0)
+             precise_bn_batches=4, verbose=0)
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
