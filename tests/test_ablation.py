@@ -218,7 +218,8 @@ def test_report_command_reproduces_the_ablation_tables(ablation, capsys):
 
 def test_rerun_with_other_settings_is_refused(ablation):
     out, _, _ = ablation
-    same = dict(dataset="digits", image_size=SIZE, linear_epochs=1, batch_size=64, verbose=0)
+    same = dict(dataset="digits", image_size=SIZE, linear_epochs=1, batch_size=64,
+                precise_bn_batches=4, verbose=0)
     with pytest.raises(ConfigError, match=r"epochs: 1 there, 2 now"):
         run_ablation(out, "small_resnet", "ce", epochs=2, **same)
 
@@ -229,7 +230,7 @@ def test_second_ablation_in_the_same_folder_shares_its_runs(ablation):
     before = (out / f"{OTHER}-ce" / "metrics.json").stat().st_mtime_ns
     result = run_ablation(out, OTHER, "ce", name="other", temperature=0.05, epochs=1,
                           dataset="digits", image_size=SIZE, linear_epochs=1, batch_size=64,
-                          verbose=0)
+                          precise_bn_batches=4, verbose=0)
     assert [c["status"] for c in result["combinations"]] == ["skipped"]
     assert (out / "other.md").exists() and (out / "other.json").exists()
     assert "1 of 1 runs finished" in (out / "other.md").read_text()
