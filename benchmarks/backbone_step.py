@@ -30,7 +30,7 @@ import sys
 
 PATHS = {
     "eigen": {"TF_ENABLE_ONEDNN_OPTS": "0"},
-    "onednn-avx2": {"TF_ENABLE_ONEDNN_OPTS": "1", "isa": "avx2"},
+    "onednn-avx2": {"TF_ENABLE_ONEDNN_OPTS": "1", "isa": "avx2"},  # + _cpu.cap_isa("avx2")
     "onednn": {"TF_ENABLE_ONEDNN_OPTS": "1"},
 }
 BATCH, VIEWS, SIZE = 64, 2, 32
@@ -105,10 +105,6 @@ def layer_seconds(backbone, top):
 
 
 def child(args):
-    from keras_supcon import _cpu
-
-    if args.isa:
-        _cpu.cap_isa(args.isa)
     if args.layers:
         result = layer_seconds(args.layers, args.top)
     else:
@@ -117,13 +113,15 @@ def child(args):
 
 
 def run_child(path, argv):
+    """The child's environment carries the path, so it holds before the child imports
+    TensorFlow (importing keras_supcon imports it)."""
+    from keras_supcon._cpu import cap_isa
+
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     settings = dict(PATHS[path])
-    isa = settings.pop("isa", None)
+    cap_isa(settings.pop("isa", "native"), env)
     env.update(settings)
     cmd = [sys.executable, "-m", "benchmarks.backbone_step", "--child", *argv]
-    if isa:
-        cmd += ["--isa", isa]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
     if out.returncode or not lines:
@@ -142,7 +140,6 @@ def main(argv=None):
     p.add_argument("--top", type=int, default=8, help="--layers: the slowest N layers")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--backbone", help=argparse.SUPPRESS)
-    p.add_argument("--isa", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         return child(args)

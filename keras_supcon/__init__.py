@@ -20,7 +20,7 @@ from keras_supcon._version import __version__
 
 # The one exception to leaving the environment alone, for user code too: TensorFlow's
 # oneDNN kernels on every x86 CPU (on an AVX2-only CPU TensorFlow would pick Eigen's,
-# where ResNet-50's training step is ~5x slower: keras_supcon/_cpu.py). A value the user
+# where ResNet-50's training step was 7x slower: keras_supcon/_cpu.py). A value the user
 # set is kept; it must be set before TensorFlow is imported.
 prefer_onednn()
 

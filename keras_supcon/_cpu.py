@@ -35,17 +35,19 @@ def prefer_onednn():
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 
-def cap_isa(isa):
-    """Limit oneDNN's and XLA's kernels to ``isa`` (a key of :data:`ISA_CAPS`) in this
-    process and the processes it starts. Call it before TensorFlow / JAX are imported."""
+def cap_isa(isa, environ=None):
+    """Limit oneDNN's and XLA's kernels to ``isa`` (a key of :data:`ISA_CAPS`) in
+    ``environ``: by default this process's environment (call it before TensorFlow / JAX are
+    imported; the processes it starts inherit it), or the dict a subprocess will get."""
     if isa not in ISA_CAPS:
         raise ValueError(f"isa must be one of {sorted(ISA_CAPS)}; got {isa!r}")
+    environ = os.environ if environ is None else environ
     for var, value in ISA_CAPS[isa].items():
         if var == "XLA_FLAGS":
-            flags = os.environ.get(var, "").split()
+            flags = environ.get(var, "").split()
             value = " ".join([f for f in flags if not f.startswith("--xla_cpu_max_isa=")] +
                              [value])
-        os.environ[var] = value
+        environ[var] = value
 
 
 def cpu_kind():
