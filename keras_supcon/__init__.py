@@ -10,8 +10,15 @@ Public API::
     from keras_supcon.training import run_pseudo_labelling  # python -m keras_supcon.pseudo_label
     from keras_supcon.training import train_layerwise       # python -m keras_supcon.layerwise
     from keras_supcon.compression import prune_classifier, to_tf_keras
+
+Importing the package is light: the names above are imported when first used (PEP 562),
+so ``from keras_supcon.losses import SupConLoss`` loads the losses and Keras only, not
+TensorFlow's data stack or the jobs (on the JAX backend, no TensorFlow at all). Keras deserialises this package's layers and losses
+(``encoder.keras``, ``classifier.keras``) once the modules defining them are imported:
+``import keras_supcon.models`` (layers) and ``keras_supcon.losses`` (compiled losses).
 """
 
+import importlib
 import os
 
 from keras_supcon._cpu import prefer_onednn
@@ -32,8 +39,7 @@ prefer_onednn()
 if launched_as_command():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from keras_supcon import compression, data, evaluation, losses, models  # noqa: E402
-from keras_supcon.compression.run import PruneConfig, prune_run  # noqa: E402
+# Standard library only: imported here.
 from keras_supcon.errors import (  # noqa: E402
     ConfigError,
     DataError,
@@ -42,13 +48,39 @@ from keras_supcon.errors import (  # noqa: E402
     RunDirError,
 )
 
+# Subpackages, imported on first access (``keras_supcon.losses``). ``runs`` is not in
+# ``__all__`` but was reachable as an attribute when the package imported everything.
+_SUBMODULES = ("data", "losses", "models", "evaluation", "compression", "training", "runs")
+
+# Functions and classes, imported on first access: name -> (module, attribute).
 # Not named ``train``: that name is the CLI module ``keras_supcon.train``.
-from keras_supcon.training import TrainConfig  # noqa: E402
-from keras_supcon.training import train as run_training  # noqa: E402
-from keras_supcon.training.ablation import run_ablation  # noqa: E402
+_ATTRIBUTES = {
+    "TrainConfig": ("keras_supcon.training.settings", "TrainConfig"),
+    "run_training": ("keras_supcon.training.job", "train"),
+    "run_ablation": ("keras_supcon.training.ablation", "run_ablation"),
+    "PruneConfig": ("keras_supcon.compression.settings", "PruneConfig"),
+    "prune_run": ("keras_supcon.compression.run", "prune_run"),
+}
 
 __all__ = [
     "data", "losses", "models", "evaluation", "compression", "TrainConfig", "run_training",
     "PruneConfig", "prune_run", "run_ablation", "KerasSupconError",
     "ConfigError", "DataError", "OfflineError", "RunDirError", "__version__",
 ]
+
+
+def __getattr__(name):
+    """PEP 562: the public names, imported when first used (then cached here)."""
+    if name in _SUBMODULES:
+        value = importlib.import_module(f"{__name__}.{name}")
+    elif name in _ATTRIBUTES:
+        module, attribute = _ATTRIBUTES[name]
+        value = getattr(importlib.import_module(module), attribute)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__) | set(_SUBMODULES))

@@ -61,6 +61,7 @@ BF16_EMULATION_REASON = (
 def pytest_configure(config):
     """Runs in the controller and in every xdist worker before the test modules are
     imported, so TensorFlow and JAX (and the processes tests start) see the cap."""
+    config.addinivalue_line("markers", "xdist_group(name): pytest-xdist --dist loadgroup")
     config.addinivalue_line("markers", "bfloat16: runs TensorFlow bfloat16 ops "
                             "(not under --isa avx2 on an AVX-512 CPU: BF16_EMULATION_REASON)")
     isa = config.getoption("--isa") or os.environ.get(ISA_ENV, "native")
@@ -70,11 +71,27 @@ def pytest_configure(config):
     os.environ[ISA_ENV] = isa  # the workers and subprocesses inherit the mode
 
 
+def _module_fixtures(item):
+    """Names of the module-scoped fixtures ``item`` uses (a trained run, a sweep, ...)."""
+    info = getattr(item, "_fixtureinfo", None)
+    defs = info.name2fixturedefs.items() if info else ()
+    return sorted(name for name, fixturedefs in defs if fixturedefs[-1].scope == "module")
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
     if os.environ.get(ISA_ENV) == "avx2" and _cpu.cpu_kind() == "avx512":
         for item in items:
             if "bfloat16" in item.keywords:
                 item.add_marker(pytest.mark.skip(reason=BF16_EMULATION_REASON))
+    # --dist loadgroup (pyproject.toml): the tests that share a module-scoped fixture (a
+    # trained run) run on one worker, so it is built once; every other test is scheduled on
+    # its own, so a module of long independent tests (the distributed jobs) spreads over the
+    # workers. (pytest 9.2 silently ignores the groups: pytest-xdist#1386; pyproject pins
+    # pytest below it.)
+    for item in items:
+        if _module_fixtures(item):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
 
 
 def pytest_report_header(config):

@@ -47,6 +47,38 @@ def test_help_names_the_console_script(module, capsys):
     assert capsys.readouterr().out.startswith(f"usage: keras-supcon-{JOBS[module]} ")
 
 
+SETTINGS_OF = {"train": ("keras_supcon.training.settings", "TrainConfig", ()),
+               "pseudo_label": ("keras_supcon.training.settings", "TrainConfig", ()),
+               "ablation": ("keras_supcon.training.settings", "TrainConfig",
+                            ("backbone", "loss", "out")),
+               "layerwise": ("keras_supcon.training.layerwise", "LayerwiseConfig", ()),
+               "prune": ("keras_supcon.compression.settings", "PruneConfig", ("run_dir",))}
+
+
+@pytest.mark.parametrize("module", sorted(SETTINGS_OF))
+def test_options_are_the_settings_fields_with_their_defaults(module):
+    """Each settings field is an option whose default and help come from the field (so
+    the command line cannot drift from the settings), and --help shows every default."""
+    import argparse
+    import dataclasses
+
+    settings_module, name, left_out = SETTINGS_OF[module]
+    cls = getattr(importlib.import_module(settings_module), name)
+    parser = importlib.import_module(f"keras_supcon.cli.{module}").build_parser()
+    options = {a.dest: a for a in parser._actions if a.option_strings}
+    formatter = argparse.ArgumentDefaultsHelpFormatter("x")
+    for field in dataclasses.fields(cls):
+        if field.name in left_out:
+            continue
+        action = options[field.name]
+        assert action.help == field.metadata["help"], field.name
+        if module != "pseudo_label" or field.name != "loss":  # pseudo-labelling: ce
+            assert action.default == field.default, field.name
+    for action in options.values():
+        if action.dest != "help":
+            assert "%(default)" in formatter._get_help_string(action), action.dest
+
+
 def test_console_script_and_python_m_in_a_fresh_process():
     """Both forms answer --help, each naming itself; the declared floor is this
     Python (requires-python in pyproject.toml)."""

@@ -139,7 +139,10 @@ def test_train_job_on_two_replicas(tmp_path, backend, strategy):
           "--out", out, "--verbose", "0"], backend=backend)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["replicas"] == 2
-    assert 0 <= metrics["accuracy"] <= 1
+    # The job learnt: chance is 0.1 (10 classes); seeded, it reached 0.97 (tensorflow) and
+    # 0.96 (jax), accuracy and macro F1 alike. 0.5 leaves ample room for another CPU's
+    # round-off and still fails a job that did not learn.
+    assert metrics["accuracy"] > 0.5 and metrics["f1_macro"] > 0.5, metrics
     assert (out / "saved_model").is_dir()
 
 

@@ -8,21 +8,28 @@ import json
 import keras
 import numpy as np
 import pytest
+from checks import architecture, batchnorm_momenta
 from tolerances import F32
 
+import keras_supcon.compression.lottery as lottery_module
 from keras_supcon.cli.pseudo_label import main as pseudo_main
 from keras_supcon.cli.train import main as train_main
+from keras_supcon.compression.lottery import lottery_ticket
+from keras_supcon.compression.prune import prunable_layers
 from keras_supcon.data import load_dataset, supervised_batches
+from keras_supcon.data.pools import split_pools
 from keras_supcon.evaluation import predict
 from keras_supcon.losses import CenterLoss
 from keras_supcon.losses.registry import build_pretraining_loss as pretraining_loss
 from keras_supcon.models import build_classifier, build_encoder
 from keras_supcon.models.batchnorm import batchnorm_layers
 from keras_supcon.runs import callbacks as callbacks_module
+from keras_supcon.runs.rundir import RunDir
 from keras_supcon.training import fine_tune_linear, fine_tune_nn, train
-from keras_supcon.training import run as run_module
-from keras_supcon.training.pseudo import parse_ratios, run_pseudo_labelling, split_pools
-from keras_supcon.training.run import TrainConfig, center_loss_model
+from keras_supcon.training import stages as stages_module
+from keras_supcon.training.build import center_loss_model
+from keras_supcon.training.pseudo import parse_ratios, run_pseudo_labelling
+from keras_supcon.training.settings import TrainConfig
 
 # precise BatchNorm statistics over 4 clean batches, not 100: the same code path, ~3 s less a run
 QUICK = dict(backbone="small_resnet", image_size=8, epochs=1, linear_epochs=1, batch_size=32,
@@ -41,13 +48,14 @@ def _history_stages(out):
 ])
 def test_each_method_runs_the_whole_job(tmp_path, loss, settings, stages):
     out = tmp_path / loss
-    metrics = train(loss=loss, out=str(out), **QUICK, **settings)
+    metrics = train(loss=loss, out=str(out), bn_momentum=0.8, **QUICK, **settings)
     assert _history_stages(out) == stages
-    assert 0 <= metrics["accuracy"] <= 1 and "knn_accuracy" in metrics["embedding"]
+    assert metrics["accuracy"] > 0.2 and metrics["embedding"]["knn_accuracy"] > 0.2  # chance 0.1
     saved = json.loads((out / "config.json").read_text())["settings"]
     assert saved["loss"] == loss and all(saved[k] == v for k, v in settings.items())
     classifier = keras.models.load_model(out / "classifier.keras")
     assert "center_loss" not in [layer.name for layer in classifier.layers]  # inference model
+    assert batchnorm_momenta(classifier, keras.models.load_model(out / "encoder.keras")) == {0.8}
     assert (out / "saved_model").exists() and metrics["saved_model_max_abs_diff"] < 1e-4
 
 
@@ -77,12 +85,23 @@ def test_center_loss_model_shares_the_classifier_and_updates_centres():
     assert total > ce_only + 1e-3  # the weighted center loss is part of the training loss
 
 
-def test_nn_probe_and_softmax_regression_options(tmp_path):
+def test_nn_probe_and_softmax_regression_options(tmp_path, monkeypatch):
     out = tmp_path / "nn"
-    metrics = train(loss="supcon", probe="nn", probe_hidden=24, probe_epochs=30, out=str(out),
-                    **QUICK)
+    metrics = train(loss="supcon", probe="nn", probe_hidden=24, probe_epochs=30, l2=1e-4,
+                    bn_momentum=0.8, out=str(out), **QUICK)
     classifier = keras.models.load_model(out / "classifier.keras")
     assert classifier.get_layer("hidden").units == 24
+    assert batchnorm_momenta(classifier) == {0.8}
+    # The lottery ticket prunes this architecture: its networks come from the run's builder,
+    # with the nn probe's hidden layer, the L2 penalty and the BatchNorm momentum (training
+    # replaced by a no-op: only the models it builds are compared)
+    monkeypatch.setattr(lottery_module, "train_classifier", lambda *args, **kwargs: None)
+    config = TrainConfig.from_dict(json.loads((out / "config.json").read_text())["settings"])
+    networks = lottery_ticket(config.validate(), load_dataset("digits"), RunDir(tmp_path / "lt"),
+                              prunable_layers(classifier), sparsity=0.5)
+    for name in ("dense", "one_shot", "ticket"):
+        assert architecture(networks[name]) == architecture(classifier), name
+        assert batchnorm_momenta(networks[name]) == {0.8}, name
     assert not classifier.get_layer("encoder_small_resnet").trainable
     # trained on cached features: one history row per epoch, the best validation kept
     rows = [r for r in csv.DictReader((out / "history.csv").open()) if r["stage"] == "linear"]
@@ -110,13 +129,13 @@ def test_nn_probe_and_softmax_regression_options(tmp_path):
 def test_fine_tune_linear_and_nn_on_a_pretrained_encoder(tmp_path, monkeypatch):
     run = tmp_path / "pre"
     calibrated = []   # the BatchNorm layers each precise-BN pass recomputes
-    real = run_module.precise_batchnorm
+    real = stages_module.precise_batchnorm
 
     def recording(model, *args, **kwargs):
         calibrated.append({layer.name for layer in batchnorm_layers(model)})
         return real(model, *args, **kwargs)
 
-    monkeypatch.setattr(run_module, "precise_batchnorm", recording)
+    monkeypatch.setattr(stages_module, "precise_batchnorm", recording)
     monkeypatch.setattr(callbacks_module, "precise_batchnorm", recording)
     train(loss="barlow", head_hidden=32, projection_dim=16, out=str(run), **QUICK)
     # the Barlow projector's BatchNorm layers are recalibrated with the encoder's
@@ -166,7 +185,8 @@ def test_holdout_pools_are_disjoint_and_stratified():
 
 def test_pseudo_labelling_study(tmp_path):
     out = tmp_path / "pl"
-    result = run_pseudo_labelling(TrainConfig(loss="ce", **{**QUICK, "epochs": 3}), lr=3e-3,
+    result = run_pseudo_labelling(TrainConfig(loss="ce", **{**QUICK, "epochs": 3},
+                                              bn_momentum=0.8), lr=3e-3,
                                   labelled=200, ratios="1:0,1:1,1:2", threshold=0.9, rounds=1,
                                   out=str(out))
     rows = result["rows"]
@@ -206,6 +226,8 @@ def test_pseudo_labelling_study(tmp_path):
     assert again["rows"][:2] == rows[:2] and again["rows"][2]["kept"] == rows[2]["kept"]
     assert {p.name: p.stat().st_mtime for p in out.glob("*.keras") if p.name in mtimes} == mtimes
     assert (out / f"{last}.keras").exists()
+    # the teacher and every student are built by the run's builder: its BatchNorm momentum
+    assert batchnorm_momenta(*(keras.models.load_model(p) for p in out.glob("*.keras"))) == {0.8}
 
 
 def test_pseudo_labelling_reads_an_unlabelled_tfds_split(tmp_path):

@@ -7,10 +7,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from keras_supcon.compression.masks import fixed_masks, magnitude_masks
 from keras_supcon.compression.prune import (
-    fixed_masks,
     kernels,
-    magnitude_masks,
     parse_m_by_n,
     prunable_layers,
     prune_classifier,

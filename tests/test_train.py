@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from checks import batchnorm_momenta
 
 import keras_supcon
 from keras_supcon.cli.train import main
@@ -145,9 +146,9 @@ class _Crash(keras.callbacks.Callback):
 
 
 def test_resume_continues_from_the_last_checkpoint(tmp_path, monkeypatch):
-    import keras_supcon.training.run as run_module
+    import keras_supcon.training.stages as stages_module
 
-    real = run_module.stage_callbacks
+    real = stages_module.stage_callbacks
     epochs_run = []
 
     def with_crash(run, stage, **kw):
@@ -157,7 +158,7 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path, monkeypatch):
         extra = [_Crash(stage, 1)] if stage == "pretrain" else []
         return real(run, stage, **kw) + [Count()] + extra
 
-    monkeypatch.setattr(run_module, "stage_callbacks", with_crash)
+    monkeypatch.setattr(stages_module, "stage_callbacks", with_crash)
     out = tmp_path / "r"
     settings = dict(QUICK, epochs=3, linear_epochs=2)
     with pytest.raises(KeyboardInterrupt):
@@ -176,8 +177,10 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path, monkeypatch):
 
 def test_ce_and_npairs_losses_run(tmp_path):
     for loss in ("ce", "npairs"):
-        metrics = train(out=str(tmp_path / loss), loss=loss, **QUICK)
-        assert 0.0 <= metrics["accuracy"] <= 1.0
+        metrics = train(out=str(tmp_path / loss), loss=loss, bn_momentum=0.8, **QUICK)
+        assert metrics["accuracy"] > 0.2, (loss, metrics["accuracy"])  # chance: 0.1
+        classifier = keras.models.load_model(tmp_path / loss / "classifier.keras")
+        assert batchnorm_momenta(classifier) == {0.8}, loss
     history = list(csv.DictReader((tmp_path / "ce" / "history.csv").open()))
     assert [r["stage"] for r in history] == ["ce"]
 
@@ -203,6 +206,7 @@ def test_joint_supcon_ce_run(tmp_path):
     assert best > 0.5 and metrics["accuracy"] > 0.5, (best, metrics["accuracy"])
     classifier = keras.models.load_model(tmp_path / "joint" / "classifier.keras")
     assert classifier.output_shape == (None, 10)
+    assert batchnorm_momenta(classifier) == {0.9}  # the default run momentum, not Keras' 0.99
 
 
 @pytest.mark.bfloat16
@@ -218,16 +222,20 @@ def test_mixed_precision_run(tmp_path):
 
 
 def test_readme_python_snippet_runs():
+    """The README's Python API snippets as written, at one epoch each instead of five: the
+    API they show works. Their accuracy claims are experiments/readme_snippet.py's (the
+    snippets as written; result in docs/results.md)."""
     text = README.read_text()
     section = text.split("## Python API", 1)[1].split("\n## ", 1)[0]
     first, joint = re.findall(r"```python\n(.*?)```", section, re.S)
     namespace = {}
-    exec(compile(first, str(README), "exec"), namespace)
+    for code in (first, joint):
+        assert code.count("epochs=5") == 1, "the budget this test shortens"
+        exec(compile(code.replace("epochs=5", "epochs=1"), str(README), "exec"), namespace)
     assert namespace["classifier"].output_shape == (None, 10)
-    # measured 0.989-0.992 (README); logistic regression on the raw pixels gets 0.967
-    assert namespace["results"]["accuracy"] > 0.95, namespace["results"]
-    exec(compile(joint, str(README), "exec"), namespace)
-    assert namespace["joint_results"]["accuracy"] > 0.9, namespace["joint_results"]
+    # one epoch: far above chance (0.1), not the README's five-epoch numbers
+    assert namespace["results"]["accuracy"] > 0.5, namespace["results"]
+    assert namespace["joint_results"]["accuracy"] > 0.5, namespace["joint_results"]
 
 
 def test_package_entry_point_survives_importing_the_cli():

@@ -4,10 +4,16 @@ import keras
 import numpy as np
 import pytest
 import tf_keras
+from checks import batchnorm_momenta
 
 from keras_supcon.compression.twin import classifier_architecture, to_keras, to_tf_keras
 from keras_supcon.errors import ConfigError
-from keras_supcon.models import BACKBONES, build_classifier, build_encoder
+from keras_supcon.models import (
+    BACKBONES,
+    build_classifier,
+    build_encoder,
+    set_batchnorm_momentum,
+)
 
 
 def _randomised(model, seed=0):
@@ -52,14 +58,28 @@ def test_twin_reproduces_the_keras3_classifier(backbone):
 
 def test_architecture_is_read_from_the_classifier():
     classifier = build_classifier(build_encoder("small_resnet", 12), 3, dropout=0.25)
-    assert classifier_architecture(classifier) == ("small_resnet", 12, 3, 0.25, None)
+    assert classifier_architecture(classifier) == ("small_resnet", 12, 3, 0.25, None, 0.0,
+                                                   0.99)  # Keras' default momentum
+
+
+def test_twin_keeps_the_runs_batchnorm_momentum_and_l2():
+    """A fix to how the run builds its classifier (BatchNorm momentum, L2) reaches the
+    twin tfmot fine-tunes and the Keras 3 model it gives back."""
+    encoder = set_batchnorm_momentum(build_encoder("small_resnet", 12), 0.9)
+    classifier = build_classifier(encoder, 3, l2=1e-3)
+    twin = to_tf_keras(classifier)
+    for model in (twin, to_keras(twin)):
+        assert batchnorm_momenta(model) == {0.9}
+        assert model.get_layer("probabilities").kernel_regularizer.get_config()["l2"] == \
+            pytest.approx(1e-3)
 
 
 def test_twin_of_an_mlp_probe_classifier():
     """fine_tune_nn's classifier (a hidden layer before the softmax) has a twin too."""
     classifier = _randomised(build_classifier(build_encoder("small_resnet", 12), 3, hidden=16,
                                               l2=1e-3))
-    assert classifier_architecture(classifier) == ("small_resnet", 12, 3, 0.0, 16)
+    assert classifier_architecture(classifier)[:6] == ("small_resnet", 12, 3, 0.0, 16,
+                                                       pytest.approx(1e-3))
     twin = to_tf_keras(classifier)
     images = np.random.default_rng(2).uniform(0, 255, (4, 12, 12, 3)).astype("float32")
     np.testing.assert_allclose(twin(images).numpy(), np.asarray(classifier(images)),

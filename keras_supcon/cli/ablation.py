@@ -14,11 +14,10 @@ import sys
 
 from keras_supcon.cli.common import (
     Parser,
-    add_training_arguments,
+    add_settings_arguments,
     apply_config_file,
     command_name,
     run_reporting_errors,
-    verbosity,
 )
 
 
@@ -38,8 +37,10 @@ def build_parser():
                    help="writes OUT/NAME.md, NAME.csv, NAME.json, NAME_*.png (ablations sharing "
                         "an --out share the runs they have in common)")
     p.add_argument("--title", default=None, help="title of the report")
-    add_training_arguments(p, single_run=False)
-    p.add_argument("--verbose", default="auto", choices=("auto", "0", "1", "2"))
+    from keras_supcon.training import TrainConfig
+    from keras_supcon.training.ablation import NOT_SETTINGS
+
+    add_settings_arguments(p, TrainConfig, exclude=NOT_SETTINGS - {"verbose"})
     return p
 
 
@@ -53,7 +54,6 @@ def parse_args(argv=None):
     out = settings.pop("out")
     backbones, losses = settings.pop("backbones"), settings.pop("losses")
     grid = settings.pop("grid")
-    settings["verbose"] = verbosity(str(settings["verbose"]))
     return out, backbones, losses, grid, settings
 
 

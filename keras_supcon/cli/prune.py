@@ -11,52 +11,22 @@ import argparse
 import logging
 import sys
 
-from keras_supcon.cli.common import Parser, command_name, run_reporting_errors, verbosity
-
-
-def _floats(text):
-    try:
-        return tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers; got {text!r}")
+from keras_supcon.cli.common import (
+    Parser,
+    add_settings_arguments,
+    command_name,
+    run_reporting_errors,
+)
 
 
 def build_parser():
-    from keras_supcon.compression.run import METHODS, PruneConfig
+    from keras_supcon.compression.settings import PruneConfig
 
-    d = PruneConfig()
     p = Parser(prog=command_name("prune"), description=__doc__.split("\n\n")[1],
                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a finished run of keras_supcon.train")
-    p.add_argument("--sparsity", type=_floats, default=None,
-                   help="target fraction of zero weights in [0, 1); several (0,0.2,0.5,0.8) "
-                        "run a sweep (default 0.5)")
-    p.add_argument("--method", default=d.method, choices=METHODS)
-    p.add_argument("--schedule", default=d.schedule, choices=("constant", "polynomial"))
-    p.add_argument("--epochs", type=int, default=d.epochs,
-                   help="fine-tuning epochs (lottery: retraining epochs per round)")
-    p.add_argument("--lr", type=float, default=d.lr, help="fine-tuning learning rate (Adam)")
-    p.add_argument("--batch-size", type=int, default=None, help="default: the run's")
-    p.add_argument("--m-by-n", default=None, metavar="M:N",
-                   help="structured sparsity, M zeros in every N weights (e.g. 2:4)")
-    p.add_argument("--layers", default=None,
-                   help="comma-separated layer names to prune (default: every Conv2D and "
-                        "Dense kernel but the first convolution)")
-    p.add_argument("--include-first-conv", action="store_true")
-    lottery = p.add_argument_group("lottery ticket (--method lottery)")
-    lottery.add_argument("--scope", default=d.scope, choices=("global", "layer"))
-    lottery.add_argument("--rounds", type=int, default=d.rounds)
-    lottery.add_argument("--rewind-epoch", type=int, default=d.rewind_epoch,
-                         help="0: rewind to initialisation; k: to the weights after epoch k")
-    lottery.add_argument("--train-epochs", type=int, default=None,
-                         help="dense training epochs (default: the run's --epochs)")
-    sens = p.add_argument_group("layer-sensitive pruning (--method sensitivity)")
-    sens.add_argument("--rates", type=_floats, default=d.rates,
-                      help="sparsities each layer is pruned at alone to measure sensitivity")
-    p.add_argument("--no-tflite", action="store_true", help="skip TFLite quantisation")
-    p.add_argument("--out", default=None, help="default: RUN_DIR/pruning")
-    p.add_argument("--overwrite", action="store_true", help="redo jobs that already finished")
-    p.add_argument("--verbose", default="auto", choices=("auto", "0", "1", "2"))
+    p.add_argument("run_dir", metavar="RUN_DIR",
+                   help=PruneConfig.__dataclass_fields__["run_dir"].metadata["help"])
+    add_settings_arguments(p, PruneConfig, exclude={"run_dir"})
     return p
 
 
@@ -66,10 +36,6 @@ def main(argv=None):
     from keras_supcon.compression.run import PruneConfig, prune_run
 
     settings = vars(args)
-    settings["tflite"] = not settings.pop("no_tflite")
-    if settings["layers"]:
-        settings["layers"] = tuple(n.strip() for n in settings["layers"].split(",") if n.strip())
-    settings["verbose"] = verbosity(settings["verbose"])
     result = run_reporting_errors(lambda: prune_run(PruneConfig(**settings)),
                                   "run the same command again to continue")
     if isinstance(result, int):

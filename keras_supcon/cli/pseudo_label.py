@@ -15,11 +15,10 @@ import sys
 
 from keras_supcon.cli.common import (
     Parser,
-    add_training_arguments,
+    add_settings_arguments,
     apply_config_file,
     command_name,
     run_reporting_errors,
-    verbosity,
 )
 
 STUDY = ("labelled", "ratios", "threshold", "rounds", "unlabelled")
@@ -44,14 +43,12 @@ def build_parser():
     semi.add_argument("--unlabelled", default="auto", choices=("auto", "split", "holdout"),
                       help="the data set's unlabelled split (STL-10), part of the training "
                            "images with labels hidden (holdout), or the split if there is one")
-    add_training_arguments(p)
+    from keras_supcon.training import TrainConfig
+
+    run = add_settings_arguments(p, TrainConfig)["run directory"]
     p.set_defaults(loss="ce")
-    run = p.add_argument_group("run directory")
-    run.add_argument("--out", default=None,
-                     help="RUN_DIR (default: runs/<time>-pseudo-<dataset>)")
     run.add_argument("--resume", action="store_true", help="continue the study in --out")
     run.add_argument("--overwrite", action="store_true", help="replace a study in --out")
-    run.add_argument("--verbose", default="auto", choices=("auto", "0", "1", "2"))
     return p
 
 
@@ -60,13 +57,12 @@ def main(argv=None):
     apply_config_file(parser, argv)
     args = vars(parser.parse_args(argv))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from keras_supcon.training import TrainConfig
     from keras_supcon.training.pseudo import ratio_label, run_pseudo_labelling
-    from keras_supcon.training.run import TrainConfig
 
     args.pop("config")
     study = {k: args.pop(k) for k in STUDY}
     resume, overwrite = args.pop("resume"), args.pop("overwrite")
-    args["verbose"] = verbosity(str(args["verbose"]))
     result = run_reporting_errors(
         lambda: run_pseudo_labelling(TrainConfig(**args), resume=resume, overwrite=overwrite,
                                      **study),

@@ -12,36 +12,31 @@ import sys
 
 from keras_supcon.cli.common import (
     Parser,
-    add_training_arguments,
+    add_settings_arguments,
     command_name,
     run_reporting_errors,
-    verbosity,
 )
 
 
 def build_parser():
     p = Parser(prog=command_name("train"), description=__doc__.split("\n\n")[1],
                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_training_arguments(p)
-    run = p.add_argument_group("run directory")
-    run.add_argument("--out", default=None,
-                     help="RUN_DIR (default: runs/<time>-<dataset>-<backbone>-<loss>)")
+    from keras_supcon.training import TrainConfig
+
+    run = add_settings_arguments(p, TrainConfig)["run directory"]
     run.add_argument("--resume", action="store_true",
                      help="continue the interrupted run in --out from its last checkpoint")
     run.add_argument("--overwrite", action="store_true",
                      help="replace a run already in --out")
-    run.add_argument("--verbose", default="auto", choices=("auto", "0", "1", "2"),
-                     help="Keras progress output (auto: progress bars)")
     return p
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from keras_supcon.training.run import TrainConfig, train
+    from keras_supcon.training import TrainConfig, train
 
     settings = {k: v for k, v in vars(args).items() if k not in ("resume", "overwrite")}
-    settings["verbose"] = verbosity(settings["verbose"])
     metrics = run_reporting_errors(
         lambda: train(TrainConfig(**settings), resume=args.resume, overwrite=args.overwrite),
         "continue with --resume --out RUN_DIR")

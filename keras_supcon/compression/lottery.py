@@ -9,7 +9,7 @@ reaches ``s``. The comparison it reports beside the ticket is one-shot magnitude
 pruning of the same trained network, fine-tuned for the same number of epochs.
 
 Runs in Keras 3 (no tfmot needed: the mask is fixed, see
-:func:`~keras_supcon.compression.prune.fixed_masks`), with the training settings
+:func:`~keras_supcon.compression.masks.fixed_masks`), with the training settings
 of the run being compressed.
 """
 
@@ -17,10 +17,11 @@ import logging
 
 import keras
 
-from keras_supcon.compression.prune import fixed_masks, kernels, magnitude_masks
+from keras_supcon.compression.masks import fixed_masks, magnitude_masks
+from keras_supcon.compression.prune import kernels
 from keras_supcon.errors import ConfigError
-from keras_supcon.models import build_classifier, build_encoder
-from keras_supcon.training.run import train_classifier
+from keras_supcon.training import build
+from keras_supcon.training.stages import train_classifier
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +55,8 @@ def lottery_ticket(config, data, run, names, *, sparsity, scope="global", rounds
                           f"got {rewind_epoch}")
     keras.utils.set_random_seed(config.seed)
 
-    def fresh():
-        return build_classifier(build_encoder(config.backbone, config.image_size),
-                                data.num_classes)
+    def fresh():  # the run's classifier architecture, from the run's builder
+        return build.new_classifier(config, data.num_classes)
 
     model = fresh()
     rewind = {"weights": model.get_weights()}  # theta_0, or theta_k after epoch k

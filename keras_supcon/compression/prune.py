@@ -7,7 +7,6 @@ by the lottery-ticket and layer-sensitivity methods: which layers are prunable,
 magnitude masks, fixed masks during Keras 3 training, and measured sparsity.
 """
 
-import contextlib
 import logging
 import os
 import sys
@@ -139,69 +138,6 @@ def _row(params, nonzero):
             "sparsity": float(1 - nonzero / params) if params else 0.0}
 
 
-# --------------------------------------------------------------- masks (numpy)
-def magnitude_masks(weights, sparsity, *, scope="layer"):
-    """Keep-masks pruning the smallest-magnitude weights.
-
-    ``weights``: ``{name: array}``; ``sparsity``: a float, or ``{name: float}``
-    (``scope="layer"`` only); ``scope``: "layer" (each layer to its sparsity) or
-    "global" (one magnitude threshold across all layers). Exactly
-    ``round(sparsity * size)`` weights are pruned (ties broken by position).
-    """
-    if scope not in ("layer", "global"):
-        raise ConfigError(f"scope must be 'layer' or 'global'; got {scope!r}")
-    if scope == "global":
-        if isinstance(sparsity, dict):
-            raise ConfigError("global magnitude pruning takes one sparsity, not one per layer")
-        names = list(weights)
-        flat = np.concatenate([np.abs(np.ravel(weights[n])) for n in names])
-        keep = _keep_largest(flat, sparsity)
-        out, start = {}, 0
-        for n in names:
-            size = np.size(weights[n])
-            out[n] = keep[start:start + size].reshape(np.shape(weights[n]))
-            start += size
-        return out
-    return {n: _keep_largest(np.abs(np.ravel(w)),
-                             sparsity[n] if isinstance(sparsity, dict) else sparsity
-                             ).reshape(np.shape(w))
-            for n, w in weights.items()}
-
-
-def _keep_largest(abs_values, sparsity):
-    pruned = int(round(float(sparsity) * abs_values.size))
-    keep = np.ones(abs_values.size, bool)
-    keep[np.argsort(abs_values, kind="stable")[:pruned]] = False
-    return keep
-
-
-class FixedMask(keras.constraints.Constraint):
-    """Multiplies a weight by a fixed 0/1 mask after every optimizer step."""
-
-    def __init__(self, mask):
-        self.mask = mask
-
-    def __call__(self, w):
-        return w * keras.ops.cast(self.mask, w.dtype)
-
-
-@contextlib.contextmanager
-def fixed_masks(model, masks):
-    """Apply keep-masks ``{layer: bool array}`` to ``model``'s kernels and keep the
-    pruned weights at zero through every optimizer step inside the block."""
-    variables = kernels(model, list(masks))
-    saved = {}
-    for name, var in variables.items():
-        saved[name] = var.constraint
-        var.constraint = FixedMask(np.asarray(masks[name], dtype="float32"))
-        var.assign(var.constraint(var))
-    try:
-        yield model
-    finally:
-        for name, var in variables.items():
-            var.constraint = saved[name]
-
-
 # --------------------------------------------------------------- tfmot path
 def pruning_schedule(kind, sparsity, total_steps):
     """tfmot schedule reaching ``sparsity`` within the first 3/4 of ``total_steps``.
@@ -255,6 +191,28 @@ class PruneResult:
     history: dict = field(default_factory=dict)
 
 
+def _layer_targets(classifier, sparsity, m_by_n, layer_sparsity, layers, include_first_conv):
+    """``({layer: target sparsity}, {layer left dense: why})`` of a pruning call."""
+    if layer_sparsity is None:
+        check_sparsity(sparsity)
+        names = prunable_layers(classifier, layers=layers, include_first_conv=include_first_conv)
+        left_dense = m_by_n_misfits(classifier, names, m_by_n)
+        for name, reason in left_dense.items():
+            log.info("layer %s left dense: %s", name, reason)
+        target = m_by_n[0] / m_by_n[1] if m_by_n else float(sparsity)
+        layer_sparsity = {n: target for n in names if n not in left_dense}
+        if not layer_sparsity:
+            raise ConfigError(f"no layer fits the {m_by_n[0]}:{m_by_n[1]} pattern "
+                              f"({'; '.join(f'{k}: {v}' for k, v in left_dense.items())})")
+    else:
+        left_dense = {}
+        for name, value in layer_sparsity.items():
+            check_sparsity(value)
+        prunable_layers(classifier, layers=list(layer_sparsity))  # names must be prunable
+        layer_sparsity = {n: float(s) for n, s in layer_sparsity.items() if s > 0}
+    return layer_sparsity, left_dense
+
+
 def prune_classifier(classifier, train_ds, *, sparsity=0.5, schedule="constant", epochs=2,
                      steps_per_epoch=None, learning_rate=1e-4, m_by_n=None,
                      layer_sparsity=None, layers=None, include_first_conv=False,
@@ -281,24 +239,8 @@ def prune_classifier(classifier, train_ds, *, sparsity=0.5, schedule="constant",
         steps_per_epoch = int(train_ds.cardinality())
         if steps_per_epoch < 1:
             raise ConfigError("the training dataset has no known length; pass steps_per_epoch")
-    if layer_sparsity is None:
-        check_sparsity(sparsity)
-        names = prunable_layers(classifier, layers=layers, include_first_conv=include_first_conv)
-        left_dense = m_by_n_misfits(classifier, names, m_by_n)
-        for name, reason in left_dense.items():
-            log.info("layer %s left dense: %s", name, reason)
-        target = m_by_n[0] / m_by_n[1] if m_by_n else float(sparsity)
-        layer_sparsity = {n: target for n in names if n not in left_dense}
-        if not layer_sparsity:
-            raise ConfigError(f"no layer fits the {m_by_n[0]}:{m_by_n[1]} pattern "
-                              f"({'; '.join(f'{k}: {v}' for k, v in left_dense.items())})")
-    else:
-        left_dense = {}
-        for name, value in layer_sparsity.items():
-            check_sparsity(value)
-        prunable_layers(classifier, layers=list(layer_sparsity))  # names must be prunable
-        layer_sparsity = {n: float(s) for n, s in layer_sparsity.items() if s > 0}
-
+    layer_sparsity, left_dense = _layer_targets(classifier, sparsity, m_by_n, layer_sparsity,
+                                                layers, include_first_conv)
     total_steps = epochs * steps_per_epoch
     twin = to_tf_keras(classifier)
     pruned = wrap_for_pruning(twin, layer_sparsity, schedule, total_steps, m_by_n)

@@ -45,6 +45,9 @@ def tflite_predict(model_path, images, batch_size=64):
     inp = interpreter.get_input_details()[0]
     out_index = interpreter.get_output_details()[0]["index"]
     images = np.asarray(images, np.float32)
+    if not len(images):  # no batch to run: the empty outputs, shaped as the model's
+        out_shape = interpreter.get_output_details()[0]["shape"]
+        return np.zeros((0, *out_shape[1:]), np.float32)
     outputs = []
     size = None
     for start in range(0, len(images), batch_size):

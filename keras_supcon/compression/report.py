@@ -5,6 +5,8 @@ that of a ZIP_DEFLATED archive of the file or folder, as the tfmot pruning
 guide measures it (gzip's deflate).
 """
 
+import csv
+import io
 import tempfile
 import time
 import zipfile
@@ -13,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from keras_supcon.evaluation.tables import markdown_table
+from keras_supcon.runs.rundir import RunDir
 
 
 def disk_bytes(path):
@@ -48,21 +51,17 @@ def latency_ms(fn, *, repeats=30, warmup=5):
 
 
 def human_bytes(n):
+    """``n`` bytes in the largest unit that keeps the shown value below 1024."""
     for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
+        if round(n, 1) < 1024 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
 
 
-def format_report(report):
-    """``compression.md`` of one pruning job (the dict written to ``compression.json``)."""
+def _summary_rows(report):
+    """The summary table of :func:`format_report`: baseline against pruned."""
     b, p = report["baseline"], report["pruned"]
-    out = [f"# Compression report: {report['method']} pruning to "
-           f"{report['target_sparsity']:.0%}\n",
-           f"Run: `{report['run_dir']}` ({report['backbone']}, {report['dataset']}). "
-           f"Settings: {', '.join(f'{k}={v}' for k, v in report['settings'].items())}.\n",
-           "## Summary\n"]
-    rows = [
+    return [
         ("SavedModel size", human_bytes(b["saved_model_bytes"]),
          human_bytes(p["saved_model_bytes"]),
          f"{b['saved_model_bytes'] / p['saved_model_bytes']:.2f}x"),
@@ -80,6 +79,17 @@ def format_report(report):
         ("CPU time per image, batch 64 (ms)", f"{b['ms_per_image_batch64']:.3f}",
          f"{p['ms_per_image_batch64']:.3f}", ""),
     ]
+
+
+def format_report(report):
+    """``compression.md`` of one pruning job (the dict written to ``compression.json``)."""
+    b, p = report["baseline"], report["pruned"]
+    out = [f"# Compression report: {report['method']} pruning to "
+           f"{report['target_sparsity']:.0%}\n",
+           f"Run: `{report['run_dir']}` ({report['backbone']}, {report['dataset']}). "
+           f"Settings: {', '.join(f'{k}={v}' for k, v in report['settings'].items())}.\n",
+           "## Summary\n"]
+    rows = _summary_rows(report)
     out.append(markdown_table(["", "baseline", "pruned", "change / ratio"], rows))
     if report.get("tflite"):
         out.append("## TFLite quantisation of the pruned model\n")
@@ -118,3 +128,48 @@ def format_report(report):
     out.append(f"Whole model: {m['params']} parameters, {m['nonzero']} non-zero "
                f"(sparsity {m['sparsity']:.3f}).\n")
     return "\n".join(out)
+
+
+SWEEP_COLUMNS = ["target_sparsity", "achieved_sparsity", "saved_model_bytes",
+                 "zipped_bytes", "compression_ratio_zipped", "accuracy", "f1_macro"]
+
+
+def sweep_rows(baseline, reports):
+    """The pruning table: the dense baseline, then one row per job."""
+    rows = [{"target_sparsity": "dense", "achieved_sparsity":
+             baseline["sparsity"]["total"]["sparsity"],
+             "saved_model_bytes": baseline["saved_model_bytes"],
+             "zipped_bytes": baseline["saved_model_zipped_bytes"],
+             "compression_ratio_zipped": 1.0, "accuracy": baseline["accuracy"],
+             "f1_macro": baseline["f1_macro"]}]
+    for r in reports:
+        p = r["pruned"]
+        rows.append({"target_sparsity": r["target_sparsity"],
+                     "achieved_sparsity": p["sparsity"]["total"]["sparsity"],
+                     "saved_model_bytes": p["saved_model_bytes"],
+                     "zipped_bytes": p["saved_model_zipped_bytes"],
+                     "compression_ratio_zipped": r["compression_ratio_zipped"],
+                     "accuracy": p["accuracy"], "f1_macro": p["f1_macro"]})
+    return rows
+
+
+def write_sweep(out, method, rows):
+    """``sweep.csv``, ``sweep.md`` and ``sweep.png`` in ``out``."""
+    from keras_supcon.evaluation.figures import plot_sweep
+
+    out = RunDir(out)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=SWEEP_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    out.write_text("sweep.csv", buf.getvalue())
+    table = markdown_table(
+        ["pruning rate", "achieved sparsity", "model size (bytes)", "zipped size (bytes)",
+         "compression ratio (zipped)", "test accuracy", "test macro F1"],
+        [(r["target_sparsity"] if r["target_sparsity"] == "dense" else
+          f"{r['target_sparsity']:.0%}", f"{r['achieved_sparsity']:.3f}",
+          r["saved_model_bytes"], r["zipped_bytes"], f"{r['compression_ratio_zipped']:.2f}x",
+          f"{r['accuracy']:.4f}", f"{r['f1_macro']:.4f}") for r in rows])
+    out.write_text("sweep.md", f"# Pruning sweep ({method})\n\n{table}")
+    out.save_figure(plot_sweep(rows, f"{method} pruning sweep"), "sweep.png")
+    return table

@@ -18,13 +18,11 @@ command is repeated, so an interrupted sweep continues where it stopped.
 Several sparsities also give ``sweep.md``, ``sweep.csv`` and ``sweep.png``.
 """
 
-import csv
 import dataclasses
-import io
 import logging
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import keras
@@ -33,8 +31,6 @@ import tensorflow as tf
 
 from keras_supcon.compression.lottery import lottery_ticket
 from keras_supcon.compression.prune import (
-    SCHEDULES,
-    check_sparsity,
     parse_m_by_n,
     prunable_layers,
     prune_classifier,
@@ -45,99 +41,26 @@ from keras_supcon.compression.report import (
     disk_bytes,
     format_report,
     latency_ms,
+    sweep_rows,
+    write_sweep,
     zipped_bytes,
 )
 from keras_supcon.compression.sensitivity import (
-    DEFAULT_RATES,
     allocate_sparsity,
     layer_sensitivity,
     predicted_drop,
 )
+from keras_supcon.compression.settings import METHOD_SETTINGS, PruneConfig, job_name
 from keras_supcon.data import load_dataset, supervised_batches
-from keras_supcon.errors import ConfigError, RunDirError, check_choice
+from keras_supcon.errors import ConfigError, RunDirError
 from keras_supcon.evaluation import classification_metrics, predict
-from keras_supcon.evaluation.tables import markdown_table
+from keras_supcon.evaluation.metrics import EVAL_BATCH
 from keras_supcon.models.batchnorm import precise_batchnorm
 from keras_supcon.runs.export import check_saved_model, export_saved_model
 from keras_supcon.runs.rundir import CONFIG_FILE, RunDir, settings_changes
-from keras_supcon.training.run import TrainConfig, augmentation_policies
+from keras_supcon.training.settings import TrainConfig, augmentation_policies
 
 log = logging.getLogger(__name__)
-
-METHODS = ("magnitude", "lottery", "sensitivity")
-METHOD_SETTINGS = {  # the settings each method uses (shown in its report)
-    "magnitude": ("schedule", "epochs", "lr", "m_by_n", "layers", "include_first_conv"),
-    "lottery": ("epochs", "train_epochs", "scope", "rounds", "rewind_epoch", "layers",
-                "include_first_conv"),
-    "sensitivity": ("schedule", "epochs", "lr", "rates", "layers", "include_first_conv"),
-}
-
-
-@dataclass
-class PruneConfig:
-    """Every setting of a pruning job (written to each job's ``config.json``)."""
-
-    run_dir: str = None
-    sparsity: tuple = None  # one target, or several for a sweep (default 0.5)
-    method: str = "magnitude"
-    schedule: str = "constant"
-    epochs: int = 2  # fine-tuning epochs (lottery: retraining epochs per round)
-    lr: float = 1e-4  # fine-tuning learning rate (lottery: the run's --lr)
-    batch_size: int = None  # default: the run's
-    m_by_n: str = None  # "2:4": structured sparsity m zeros in every n weights
-    layers: tuple = None  # layer names to prune (default: Conv2D / Dense but the first conv)
-    include_first_conv: bool = False
-    scope: str = "global"  # lottery: magnitude threshold "global" or per "layer"
-    rounds: int = 1  # lottery: iterative rounds
-    rewind_epoch: int = 0  # lottery: 0 rewinds to initialisation, k to after epoch k
-    train_epochs: int = None  # lottery: dense training epochs (default: the run's --epochs)
-    rates: tuple = DEFAULT_RATES  # sensitivity: rates each layer is pruned at alone
-    tflite: bool = True
-    out: str = None  # default: RUN_DIR/pruning
-    overwrite: bool = False  # redo jobs that already finished
-    verbose: str = "auto"
-
-    def validate(self):
-        if self.run_dir is None:
-            raise ConfigError("give the RUN_DIR of a finished training run")
-        given = self.sparsity is not None
-        if not given:
-            self.sparsity = (0.5,)
-        if isinstance(self.sparsity, (int, float)):
-            self.sparsity = (self.sparsity,)
-        self.sparsity = tuple(check_sparsity(s) for s in self.sparsity)
-        if not self.sparsity:
-            raise ConfigError("give at least one sparsity")
-        check_choice(self.method, METHODS, "method")
-        check_choice(self.schedule, SCHEDULES, "schedule")
-        m_by_n = parse_m_by_n(self.m_by_n)
-        if m_by_n:
-            if self.method != "magnitude":
-                raise ConfigError("--m-by-n works with --method magnitude only")
-            if given and self.sparsity != (m_by_n[0] / m_by_n[1],):
-                raise ConfigError(f"--m-by-n {self.m_by_n} sets the sparsity to "
-                                  f"{m_by_n[0] / m_by_n[1]:g}; leave out --sparsity")
-            self.sparsity = (m_by_n[0] / m_by_n[1],)
-        if self.epochs < 1:
-            raise ConfigError(f"--epochs must be >= 1; got {self.epochs}")
-        if self.scope not in ("global", "layer"):
-            raise ConfigError(f"--scope must be global or layer; got {self.scope!r}")
-        if self.rounds < 1:
-            raise ConfigError(f"--rounds must be >= 1; got {self.rounds}")
-        if not self.rates or any(not 0 < r < 1 for r in self.rates):
-            raise ConfigError(f"--rates must be in (0, 1); got {self.rates}")
-        if self.method == "sensitivity" and max(self.sparsity) > max(self.rates):
-            raise ConfigError(f"sparsity {max(self.sparsity)} is above the largest "
-                              f"sensitivity rate {max(self.rates)}; add a higher --rates value")
-        if self.out is None:
-            self.out = str(Path(self.run_dir) / "pruning")
-        return self
-
-
-def job_name(method, sparsity, m_by_n=None):
-    tag = f"-{m_by_n.replace(':', 'of')}" if m_by_n else ""
-    return f"{method}-s{sparsity:.2f}{tag}"
-
 
 class _Context:
     """What every job of one invocation shares: the run, its data and the baseline."""
@@ -159,8 +82,8 @@ class _Context:
                                  val_fraction=self.train_config.val_fraction,
                                  seed=self.train_config.seed)
         size, batch = self.train_config.image_size, self.train_config.batch_size
-        self.test_ds = supervised_batches(self.data.test, size, 256)
-        self.val_ds = supervised_batches(self.data.val, size, 256)
+        self.test_ds = supervised_batches(self.data.test, size, EVAL_BATCH)
+        self.val_ds = supervised_batches(self.data.val, size, EVAL_BATCH)
         self.calibration_ds = supervised_batches(self.data.train, size, batch)
         # fine-tuning augments as the run's classifier stages did
         self.train_ds = supervised_batches(self.data.train, size, batch,
@@ -333,51 +256,6 @@ def _summary(report):
     p = report["pruned"]
     return {"accuracy": p["accuracy"], "f1_macro": p["f1_macro"],
             "sparsity": p["sparsity"]["total"]["sparsity"]}
-
-
-SWEEP_COLUMNS = ["target_sparsity", "achieved_sparsity", "saved_model_bytes",
-                 "zipped_bytes", "compression_ratio_zipped", "accuracy", "f1_macro"]
-
-
-def sweep_rows(baseline, reports):
-    """The pruning table: the dense baseline, then one row per job."""
-    rows = [{"target_sparsity": "dense", "achieved_sparsity":
-             baseline["sparsity"]["total"]["sparsity"],
-             "saved_model_bytes": baseline["saved_model_bytes"],
-             "zipped_bytes": baseline["saved_model_zipped_bytes"],
-             "compression_ratio_zipped": 1.0, "accuracy": baseline["accuracy"],
-             "f1_macro": baseline["f1_macro"]}]
-    for r in reports:
-        p = r["pruned"]
-        rows.append({"target_sparsity": r["target_sparsity"],
-                     "achieved_sparsity": p["sparsity"]["total"]["sparsity"],
-                     "saved_model_bytes": p["saved_model_bytes"],
-                     "zipped_bytes": p["saved_model_zipped_bytes"],
-                     "compression_ratio_zipped": r["compression_ratio_zipped"],
-                     "accuracy": p["accuracy"], "f1_macro": p["f1_macro"]})
-    return rows
-
-
-def write_sweep(out, method, rows):
-    """``sweep.csv``, ``sweep.md`` and ``sweep.png`` in ``out``."""
-    from keras_supcon.evaluation.figures import plot_sweep
-
-    out = RunDir(out)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=SWEEP_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    out.write_text("sweep.csv", buf.getvalue())
-    table = markdown_table(
-        ["pruning rate", "achieved sparsity", "model size (bytes)", "zipped size (bytes)",
-         "compression ratio (zipped)", "test accuracy", "test macro F1"],
-        [(r["target_sparsity"] if r["target_sparsity"] == "dense" else
-          f"{r['target_sparsity']:.0%}", f"{r['achieved_sparsity']:.3f}",
-          r["saved_model_bytes"], r["zipped_bytes"], f"{r['compression_ratio_zipped']:.2f}x",
-          f"{r['accuracy']:.4f}", f"{r['f1_macro']:.4f}") for r in rows])
-    out.write_text("sweep.md", f"# Pruning sweep ({method})\n\n{table}")
-    out.save_figure(plot_sweep(rows, f"{method} pruning sweep"), "sweep.png")
-    return table
 
 
 def prune_run(config=None, **settings):

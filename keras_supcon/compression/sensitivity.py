@@ -15,7 +15,8 @@
 import keras
 import numpy as np
 
-from keras_supcon.compression.prune import kernels, magnitude_masks
+from keras_supcon.compression.masks import magnitude_masks
+from keras_supcon.compression.prune import kernels
 from keras_supcon.errors import ConfigError
 from keras_supcon.evaluation import predict
 

@@ -12,20 +12,22 @@ stripped twin, so users get a Keras 3 model back and never see the twin.
 import keras
 
 from keras_supcon.errors import ConfigError
-from keras_supcon.models import build_classifier, build_encoder
-
-ENCODER_PREFIX = "encoder_"
+from keras_supcon.models import build_classifier, build_encoder, set_batchnorm_momentum
+from keras_supcon.models.batchnorm import batchnorm_layers
+from keras_supcon.models.build import ENCODER_PREFIX
 
 
 def classifier_architecture(classifier):
-    """``(backbone, image_size, num_classes, dropout, hidden)`` of a classifier from
-    :func:`~keras_supcon.models.build_classifier` (``hidden``: width of its hidden
-    layer, or None)."""
+    """``(backbone, image_size, num_classes, dropout, hidden, l2, bn_momentum)`` of a
+    classifier from :func:`~keras_supcon.models.build_classifier` (``hidden``: width of
+    its hidden layer, or None; ``l2``: the penalty on its kernels; ``bn_momentum``: that of
+    its BatchNorm layers, None without any)."""
     encoders = [layer for layer in classifier.layers if layer.name.startswith(ENCODER_PREFIX)]
     if len(encoders) != 1:
         raise ConfigError(
             f"model {classifier.name!r} is not a keras_supcon classifier (expected one "
-            f"'{ENCODER_PREFIX}<backbone>' layer, found {[l.name for l in classifier.layers]})")
+            f"'{ENCODER_PREFIX}<backbone>' layer, found "
+            f"{[layer.name for layer in classifier.layers]})")
     backbone = encoders[0].name[len(ENCODER_PREFIX):]
     image_size = int(classifier.input_shape[1])
     num_classes = int(classifier.output_shape[-1])
@@ -33,15 +35,24 @@ def classifier_architecture(classifier):
                     if layer.name == "dropout"), 0.0)
     hidden = next((int(layer.units) for layer in classifier.layers
                    if layer.name == "hidden"), None)
-    return backbone, image_size, num_classes, dropout, hidden
+    regularizer = classifier.get_layer("probabilities").kernel_regularizer
+    l2 = float(regularizer.get_config()["l2"]) if regularizer is not None else 0.0
+    momenta = {float(layer.momentum) for layer in batchnorm_layers(classifier)}
+    if len(momenta) > 1:
+        raise ConfigError(f"model {classifier.name!r} has BatchNorm layers with several "
+                          f"momenta {sorted(momenta)}; the twin keeps one")
+    return backbone, image_size, num_classes, dropout, hidden, l2, next(iter(momenta), None)
 
 
 def rebuild(classifier, K):
     """The architecture of ``classifier`` built fresh with Keras module ``K``
     (``tf_keras`` for the twin, ``keras`` for the way back), weights copied."""
-    backbone, image_size, num_classes, dropout, hidden = classifier_architecture(classifier)
+    backbone, image_size, num_classes, dropout, hidden, l2, momentum = \
+        classifier_architecture(classifier)
     model = build_classifier(build_encoder(backbone, image_size, K=K), num_classes,
-                             dropout=dropout, hidden=hidden, K=K)
+                             dropout=dropout, hidden=hidden, l2=l2, K=K)
+    if momentum is not None:  # the run's, not Keras' default 0.99
+        set_batchnorm_momentum(model, momentum)
     copy_weights(classifier, model)
     return model
 

@@ -13,6 +13,7 @@ optionally cache, shuffle, batch, augment whole batches (in parallel) and prefet
 Images stay raw RGB in [0, 255]: preprocessing lives inside the models.
 """
 
+import numpy as np
 import tensorflow as tf
 
 from keras_supcon.data.augment import CONTRASTIVE_POLICY, WEAK_POLICY, augment_batch, make_views
@@ -87,3 +88,18 @@ def joint_targets(views, labels):
     ``tf.data.Dataset.map`` (``contrastive_batches(...).map(joint_targets)``)."""
     per_view = tf.repeat(tf.expand_dims(labels, 1), tf.shape(views)[1], axis=1)
     return views, {"projections": labels, "probabilities": per_view}
+
+
+def image_arrays(data, image_size):
+    """``{split: (images float32 [N, S, S, 3] in [0, 255], labels int64 [N])}`` of a
+    :class:`~keras_supcon.data.DataSplits` (resized with the package's ``resize_images``)."""
+    arrays = {}
+    for split in ("train", "val", "test"):
+        xs, ys = [], []
+        for x, y in resize_images(getattr(data, split), image_size).batch(1024):
+            xs.append(x.numpy())
+            ys.append(y.numpy())
+        shape = (0, image_size, image_size, 3)
+        arrays[split] = (np.concatenate(xs) if xs else np.zeros(shape, np.float32),
+                         np.concatenate(ys) if ys else np.zeros((0,), np.int64))
+    return arrays

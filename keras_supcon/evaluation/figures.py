@@ -24,26 +24,112 @@ def history_value(row, key):
 
 
 def plot_curves(history, title=""):
-    """Loss (left) and accuracy (right) per epoch, one line per stage and split."""
-    fig, (ax_loss, ax_acc) = new_figure(1, 2, figsize=(11, 4))
-    stages = list(dict.fromkeys(r["stage"] for r in history))
-    for stage in stages:
-        rows = [r for r in history if r["stage"] == stage]
-        epochs = [r["epoch"] for r in rows]
-        for key, ax, style in [("loss", ax_loss, "-"), ("val_loss", ax_loss, "--"),
-                               ("accuracy", ax_acc, "-"), ("val_accuracy", ax_acc, "--")]:
-            values = [history_value(r, key) for r in rows]
-            if any(v is not None for v in values):
-                split = "validation" if key.startswith("val_") else "train"
-                ax.plot(epochs, [np.nan if v is None else v for v in values], style,
-                        marker="o", ms=3, label=f"{stage} ({split})")
+    """Loss (left) and accuracy (middle) per epoch, one line per stage and split. A probe
+    fitted on cached features by logistic regression is no epoch-wise training: its rows
+    (with a ``C``) are the grid of L2 strengths, shown against C in a third panel."""
+    grid = [r for r in history if history_value(r, "C") is not None]
+    epochs_rows = [r for r in history if history_value(r, "C") is None]
+    fig, axes = new_figure(1, 3 if grid else 2, figsize=(16 if grid else 11, 4))
+    ax_loss, ax_acc = axes[:2]
+    for stage in dict.fromkeys(r["stage"] for r in epochs_rows):
+        rows = [r for r in epochs_rows if r["stage"] == stage]
+        _plot_splits(ax_loss, ax_acc, [r["epoch"] for r in rows], rows, stage)
     ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss per epoch")
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title="Accuracy per epoch", ylim=(0, 1))
-    for ax in (ax_loss, ax_acc):
+    if grid:
+        rows = sorted(grid, key=lambda r: float(history_value(r, "C")))
+        _plot_splits(None, axes[2], [float(history_value(r, "C")) for r in rows], rows,
+                     rows[0]["stage"])
+        axes[2].set(xscale="log", xlabel="C (inverse L2 strength)", ylabel="accuracy",
+                    title="Linear probe: accuracy against C", ylim=(0, 1))
+    for ax in axes:
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _plot_splits(ax_loss, ax_acc, x, rows, stage):
+    for key, ax, style in [("loss", ax_loss, "-"), ("val_loss", ax_loss, "--"),
+                           ("accuracy", ax_acc, "-"), ("val_accuracy", ax_acc, "--")]:
+        values = [history_value(r, key) for r in rows]
+        if ax is not None and any(v is not None for v in values):
+            split = "validation" if key.startswith("val_") else "train"
+            ax.plot(x, [np.nan if v is None else v for v in values], style, marker="o", ms=3,
+                    label=f"{stage} ({split})")
+
+
+def save_evaluation_figures(run, metrics, title, *, curves, codes, labels, class_names, what,
+                            seed=0):
+    """The figures every job writes into its run directory ``run``: ``curves.png``
+    (the figure ``curves``), ``tsne.png`` (t-SNE of ``codes``, described as ``what``) and
+    ``confusion.png`` (``metrics["confusion_matrix"]``)."""
+    run.save_figure(curves, "curves.png")
+    points, point_labels = tsne_embedding(codes, labels, max_per_class=500, seed=seed)
+    run.save_figure(plot_tsne(points, point_labels, class_names, f"t-SNE of {what}\n{title}"),
+                    "tsne.png")
+    run.save_figure(plot_confusion(metrics["confusion_matrix"], class_names,
+                                   f"Confusion matrix (test)\n{title}"), "confusion.png")
+
+
+def plot_layerwise_curves(history, finetune_stage, title=""):
+    """Layer-wise pre-training: reconstruction error per epoch of each auto-encoder (left,
+    log scale), and the loss (middle) and accuracy (right) of stage ``finetune_stage``."""
+    from matplotlib.ticker import MaxNLocator
+
+    fig, (ax_ae, ax_loss, ax_acc) = new_figure(1, 3, figsize=(15, 4))
+    stages = list(dict.fromkeys(r["stage"] for r in history))
+    for i, stage in enumerate(s for s in stages if s != finetune_stage):
+        rows = [r for r in history if r["stage"] == stage]
+        epochs = [r["epoch"] for r in rows]
+        for key, style in (("loss", "-"), ("val_loss", "--")):
+            values = [r.get(key) for r in rows]
+            if any(v is not None for v in values):
+                split = "validation" if key.startswith("val_") else "train"
+                ax_ae.plot(epochs, [np.nan if v is None else v for v in values], style,
+                           color=f"C{i % 10}", marker="o", ms=3, label=f"{stage} ({split})")
+    rows = [r for r in history if r["stage"] == finetune_stage]
+    epochs = [r["epoch"] for r in rows]
+    for key, ax, style in (("loss", ax_loss, "-"), ("val_loss", ax_loss, "--"),
+                           ("accuracy", ax_acc, "-"), ("val_accuracy", ax_acc, "--")):
+        values = [r.get(key) for r in rows]
+        if any(v is not None for v in values):
+            split = "validation" if key.startswith("val_") else "train"
+            ax.plot(epochs, [np.nan if v is None else v for v in values], style, color="C0",
+                    marker="o", ms=3, label=split)
+    ax_ae.set(xlabel="epoch", ylabel="mean squared error",
+              title="Auto-encoder reconstruction error" if ax_ae.lines
+              else "No pre-training (random initialisation)")
+    if ax_ae.lines:
+        ax_ae.set_yscale("log")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="Fine-tuning loss")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="Fine-tuning accuracy", ylim=(0, 1))
+    for ax in (ax_ae, ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=7 if len(ax.lines) > 6 else 8, ncol=2 if len(ax.lines) > 6 else 1)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_pseudo_labelling(rows, threshold, title=""):
+    """Pseudo-labelling study: test accuracy, macro F1 and the kept fraction of the
+    unlabelled images (confidence >= ``threshold``) per labelled:unlabelled ratio
+    (``rows``: one result row per ratio, as ``pseudo_label.json`` holds them)."""
+    fig, ax = new_figure(figsize=(6.5, 4))
+    x = np.arange(len(rows))
+    ax.plot(x, [r["test"]["accuracy"] for r in rows], "o-", label="test accuracy")
+    ax.plot(x, [r["test"]["f1_macro"] for r in rows], "s--", label="test macro F1")
+    kept = [r["kept"] / r["unlabelled"] if r["unlabelled"] else np.nan for r in rows]
+    ax.plot(x, kept, "^:", label=f"kept fraction (conf. >= {threshold:g})")
+    ax.set(xticks=x, xticklabels=[f"1:{r['ratio']:g}" for r in rows],
+           xlabel="labelled : unlabelled", ylim=(0, 1), title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 

@@ -3,6 +3,8 @@
 import numpy as np
 from sklearn import metrics as skm
 
+EVAL_BATCH = 256  # batch size of every evaluation pass (predictions, embeddings, pruning)
+
 
 def predict(model, ds, verbose=0):
     """``model.predict`` over a batched ``(x, y)`` tf.data dataset (Keras' progress

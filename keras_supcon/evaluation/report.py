@@ -329,6 +329,30 @@ def check_report_name(name, what="report name"):
         raise ConfigError(f"{what} must be a plain file name; got {name!r}")
 
 
+def _figures_section(out, name, runs, done, varying):
+    """The report's figures, written into ``out``; their lines of the page (with the
+    per-run figures' links)."""
+    lines = []
+    figures = [("bars", "Test metrics per backbone and loss", plot_ablation_bars(runs, varying)),
+               ("curves", "Curves of every run", plot_all_curves(runs, varying))]
+    for k in swept_settings(done, varying):
+        figures.append((f"sweep_{k}", f"Sensitivity to {k}", plot_setting_sweep(done, k)))
+    lines.append("## Figures\n")
+    for suffix, caption, fig in figures:
+        out.save_figure(fig, f"{name}_{suffix}.png")
+        lines.append(f"![{caption}]({name}_{suffix}.png)\n")
+    lines.append("Per run (test split): t-SNE of encoder embeddings, confusion matrix, curves.\n")
+    rows = []
+    for r in done:
+        rel = Path(os.path.relpath(r.path, out.path))
+        rows.append((_row_label(r, varying), r.settings.get("loss"),
+                     f"[t-SNE]({rel / 'tsne.png'})", f"[confusion]({rel / 'confusion.png'})",
+                     f"[curves]({rel / 'curves.png'})", _fmt(r.metrics.get("wall_time_s"), 0)))
+    lines.append(markdown_table(["Backbone", "Loss", "t-SNE", "confusion matrix", "curves",
+                                 "wall time (s)"], rows))
+    return lines
+
+
 def write_report(folder, run_paths=None, *, name="report", failed=None, title="Results"):
     """Write ``<name>.md``, ``<name>.csv`` and ``<name>_*.png`` into ``folder``.
 
@@ -373,21 +397,5 @@ def write_report(folder, run_paths=None, *, name="report", failed=None, title="R
                   markdown_table(["run", "status"], [(r.name, _status_cell(r)) for r in not_done])]
 
     out.write_text(f"{name}.csv", results_csv(runs, varying))
-    figures = [("bars", "Test metrics per backbone and loss", plot_ablation_bars(runs, varying)),
-               ("curves", "Curves of every run", plot_all_curves(runs, varying))]
-    for k in swept_settings(done, varying):
-        figures.append((f"sweep_{k}", f"Sensitivity to {k}", plot_setting_sweep(done, k)))
-    lines.append("## Figures\n")
-    for suffix, caption, fig in figures:
-        out.save_figure(fig, f"{name}_{suffix}.png")
-        lines.append(f"![{caption}]({name}_{suffix}.png)\n")
-    lines.append("Per run (test split): t-SNE of encoder embeddings, confusion matrix, curves.\n")
-    rows = []
-    for r in done:
-        rel = Path(os.path.relpath(r.path, folder))
-        rows.append((_row_label(r, varying), r.settings.get("loss"),
-                     f"[t-SNE]({rel / 'tsne.png'})", f"[confusion]({rel / 'confusion.png'})",
-                     f"[curves]({rel / 'curves.png'})", _fmt(r.metrics.get("wall_time_s"), 0)))
-    lines.append(markdown_table(["Backbone", "Loss", "t-SNE", "confusion matrix", "curves",
-                                 "wall time (s)"], rows))
+    lines += _figures_section(out, name, runs, done, varying)
     return out.write_text(f"{name}.md", "\n".join(lines))

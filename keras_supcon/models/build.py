@@ -18,6 +18,8 @@ import keras
 from keras_supcon.models.backbones import build_backbone, get_backbone, resolve_image_size
 from keras_supcon.models.layers import FoldViews, UnfoldViews, image_preprocess_class
 
+ENCODER_PREFIX = "encoder_"  # an encoder is named encoder_<backbone> inside its classifier
+
 
 def build_encoder(backbone="small_resnet", image_size=None, weights=None, *, K=keras):
     """Backbone ``backbone`` with its preprocessing and global average pooling."""
@@ -26,7 +28,7 @@ def build_encoder(backbone="small_resnet", image_size=None, weights=None, *, K=k
     inputs = K.Input((size, size, 3), name="images")
     x = image_preprocess_class(K)(spec.preprocess, name="preprocess")(inputs)
     features = build_backbone(backbone, (size, size, 3), weights, K=K)(x)
-    return K.Model(inputs, features, name=f"encoder_{backbone}")
+    return K.Model(inputs, features, name=ENCODER_PREFIX + backbone)
 
 
 def build_projection_head(input_dim, hidden_dim=512, projection_dim=128, *, K=keras):

@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import tempfile
+from datetime import datetime
 from pathlib import Path
 
 from keras_supcon.errors import ConfigError, RunDirError
@@ -34,6 +35,13 @@ def library_versions():
     return {"keras_supcon": __version__, "keras": keras.__version__,
             "tensorflow": tf.__version__, "scikit-learn": sklearn.__version__,
             "numpy": np.__version__, "backend": keras.backend.backend()}
+
+
+def default_run_dir(dataset, *parts):
+    """``runs/<YYYYmmdd-HHMMSS>-<data>-<parts>``: the folder of a new run given no ``--out``
+    (``dataset``: a name, or a path whose file stem names it; None: left out)."""
+    names = [Path(str(dataset)).stem or "data"] if dataset is not None else []
+    return Path("runs") / "-".join([f"{datetime.now():%Y%m%d-%H%M%S}", *names, *map(str, parts)])
 
 
 def open_run(config, *, resume=False, overwrite=False):
@@ -178,6 +186,23 @@ class RunDir:
         self.write_json(CONFIG_FILE, {"settings": settings, **record,
                                       "versions": library_versions()})
         self.init_state()
+
+    def begin(self, settings, *, resume, **record):
+        """A job's start: :meth:`start` for a new run; a resumed run keeps its record."""
+        if not resume:
+            self.start(settings, **record)
+
+    def finish(self, metrics, started):
+        """A job's end: ``metrics`` (with the wall time since ``started``, a
+        ``time.time()``, and the run directory) written to ``metrics.json``, the run
+        marked finished; returns ``metrics``."""
+        import time
+
+        metrics["wall_time_s"] = round(time.time() - started, 1)
+        metrics["run_dir"] = str(self.path)
+        self.write_json("metrics.json", metrics)
+        self.mark_finished()
+        return metrics
 
     def stage(self, name, train, file, *, saved=None):
         """The model of stage ``name``: loaded from ``file`` when the stage finished

@@ -21,9 +21,12 @@ import keras
 
 from keras_supcon.errors import ConfigError
 from keras_supcon.evaluation.report import check_report_name, write_report
+from keras_supcon.losses.registry import uses_setting
 from keras_supcon.models.backbones import BACKBONES
 from keras_supcon.runs.rundir import CONFIG_FILE, STATE_FILE, RunDir, settings_changes
-from keras_supcon.training.run import LOSSES, TrainConfig, train, uses_setting
+from keras_supcon.runs.settings import parse_setting, setting_type
+from keras_supcon.training.job import train
+from keras_supcon.training.settings import LOSS_NAMES, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +51,8 @@ def parse_names(names, known, option):
 
 
 def parse_grid(grid):
-    """``{"temperature": [0.05, 0.1]}`` or ``["temperature=0.05,0.1"]``: values typed
-    like the :class:`TrainConfig` field."""
+    """``{"temperature": [0.05, 0.1]}`` or ``["temperature=0.05,0.1"]``: values parsed by
+    the :class:`TrainConfig` field's declared type (and checked against its choices)."""
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     items = grid.items() if isinstance(grid, dict) else [_split_grid_item(g) for g in grid or ()]
     parsed = {}
@@ -60,16 +63,12 @@ def parse_grid(grid):
                               "(backbones and losses have their own options)")
         if name in parsed:
             raise ConfigError(f"--grid: {name} given more than once")
-        default = fields[name].default
-        kind = type(default) if default is not None else float
-        if name in ("image_size", "early_stopping"):
-            kind = int
         try:
-            typed = [kind(v) if not isinstance(v, str) or kind is str else kind(v.strip())
-                     for v in values]
-        except ValueError:
-            raise ConfigError(f"--grid {name}: values must be {kind.__name__}; "
-                              f"got {list(values)}") from None
+            typed = [parse_setting(fields[name], v) for v in values]
+        except ConfigError as exc:
+            raise ConfigError(f"--grid {name}: values must be "
+                              f"{setting_type(fields[name]).__name__}; got {list(values)} "
+                              f"({exc})") from None
         if not typed:
             raise ConfigError(f"--grid {name}: no values")
         if len(set(typed)) != len(typed):
@@ -104,7 +103,7 @@ class Combination:
 def plan(backbones, losses, grid=None, settings=None, out="runs/ablation"):
     """The combinations and their validated :class:`TrainConfig`, before anything runs."""
     backbones = parse_names(backbones, list(BACKBONES), "--backbones")
-    losses = parse_names(losses, list(LOSSES), "--losses")
+    losses = parse_names(losses, list(LOSS_NAMES), "--losses")
     grid = parse_grid(grid or {})
     # a --grid setting replaces the single value given for it (or its default)
     settings = {k: v for k, v in (settings or {}).items() if k not in grid}

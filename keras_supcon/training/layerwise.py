@@ -37,25 +37,32 @@ import dataclasses
 import logging
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime
-from pathlib import Path
 
 import keras
 import numpy as np
 
-from keras_supcon.data import load_dataset
-from keras_supcon.data.pipeline import resize_images
+from keras_supcon.data.pipeline import image_arrays
 from keras_supcon.errors import ConfigError, check_choice
-from keras_supcon.evaluation import (
-    classification_metrics,
-    plot_confusion,
-    plot_tsne,
-    tsne_embedding,
+from keras_supcon.evaluation import classification_metrics
+from keras_supcon.evaluation.figures import plot_layerwise_curves, save_evaluation_figures
+from keras_supcon.models.mlp import (
+    apply_batched,
+    build_autoencoder,
+    build_mlp,
+    decoder_activation,
+    encode,
+    hidden_codes,
+    init_from_autoencoders,
+    pixels,
+    reconstruction_errors,
+    without_optimizer,
 )
 from keras_supcon.runs.callbacks import read_history
-from keras_supcon.runs.rundir import open_run
+from keras_supcon.runs.rundir import default_run_dir, open_run
+from keras_supcon.runs.settings import VERBOSITY, check_verbosity, setting
 from keras_supcon.training.optim import OPTIMIZERS
-from keras_supcon.training.run import fit_stage
+from keras_supcon.training.settings import load_data
+from keras_supcon.training.stages import FitSettings, fit_stage
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +70,6 @@ ACTIVATIONS = ("relu", "sigmoid")
 DEFAULT_IMAGE_SIZE = 32
 FINETUNE = "finetune"
 CLASSIFIER_FILE = "classifier.keras"
-PREDICT_BATCH = 512
 
 
 def ae_stage(k):
@@ -98,28 +104,45 @@ def parse_hidden(value):
 class LayerwiseConfig:
     """Every setting of a layer-wise run (written to ``config.json``)."""
 
-    dataset: str = "digits"
-    data_dir: str = None
-    image_size: int = None  # default 32: images are resized to S x S x 3 and flattened
-    hidden: tuple = (1024, 1200, 728, 512, 128)  # widths of the hidden layers, input side first
-    activation: str = "relu"  # of the hidden layers: relu | sigmoid
-    pretrain: bool = True  # False: the same network trained from random initialisation
-    pretrain_epochs: int = 5  # per auto-encoder
-    epochs: int = 10  # fine-tuning
-    batch_size: int = 64
-    optimizer: str = "adam"
-    lr: float = 1e-3  # peak learning rate of fine-tuning
-    pretrain_lr: float = None  # of the auto-encoders; default: lr
-    weight_decay: float = 0.0
-    warmup_fraction: float = 0.1
-    noise: float = 0.0  # std of Gaussian noise on each auto-encoder's input (denoising); 0: off
-    dropout: float = 0.0  # after each hidden layer of the classifier while fine-tuning
-    early_stopping: int = None  # patience in epochs; None: run all epochs, keep the best
-    val_fraction: float = 0.1
-    seed: int = 0
-    tsne_layer: int = None  # 1-based hidden layer whose test codes the t-SNE shows; None: last
-    out: str = None
-    verbose: str = "auto"  # Keras fit verbosity: "auto" (progress bar), 0, 1 or 2
+    dataset: str = setting(
+        "digits", "digits | a TFDS name (cifar10, ...) | a .npz file (x_train, y_train, x_test, "
+        "y_test) | a folder of class sub-folders", group="data")
+    data_dir: str | None = setting(None, "TFDS data directory", group="data")
+    image_size: int | None = setting(
+        None, "images are resized to S x S x 3, flattened and scaled to [0, 1] (default 32)",
+        group="data")
+    val_fraction: float = setting(0.1, "part of the training data held out for validation",
+                                  group="data")
+    hidden: tuple = setting((1024, 1200, 728, 512, 128), "widths of the hidden layers, input "
+                            "side first", group="model", metavar="W1,W2,...", parse=parse_hidden)
+    activation: str = setting("relu", "of the hidden layers", group="model", choices=ACTIVATIONS)
+    dropout: float = setting(0.0, "dropout after each hidden layer while fine-tuning",
+                             group="model")
+    pretrain: bool = setting(True, "auto-encoder pre-training; --no-pretrain: the same network "
+                                   "from random initialisation (the baseline)")
+    pretrain_epochs: int = setting(5, "epochs per auto-encoder")
+    epochs: int = setting(10, "fine-tuning epochs")
+    batch_size: int = setting(64, "batch size")
+    optimizer: str = setting("adam", "optimizer of every stage", choices=OPTIMIZERS)
+    lr: float = setting(1e-3, "peak fine-tuning learning rate (linear warm-up, then cosine "
+                              "decay)")
+    pretrain_lr: float | None = setting(None, "peak learning rate of the auto-encoders "
+                                              "(default: --lr)")
+    weight_decay: float = setting(0.0, "decoupled weight decay of the optimizer")
+    warmup_fraction: float = setting(0.1, "part of a stage's steps with a linear warm-up")
+    noise: float = setting(0.0, "std of Gaussian noise on each auto-encoder's input (denoising "
+                                "auto-encoders); 0: off")
+    early_stopping: int | None = setting(
+        None, "stop a stage after PATIENCE epochs without validation improvement (the best "
+              "epoch is always kept)", metavar="PATIENCE")
+    seed: int = setting(0, "seed of the weights and the split's shuffling")
+    tsne_layer: int | None = setting(None, "t-SNE of the test codes of hidden layer K (1 = "
+                                           "nearest the input; default: the last)",
+                                     group="report", metavar="K")
+    out: str | None = setting(None, "RUN_DIR (default: runs/<time>-<dataset>-layerwise-"
+                                    "<pretrained|scratch>)", group="run directory")
+    verbose: str = setting("auto", "Keras progress output (auto: progress bars)",
+                           group="run directory", choices=VERBOSITY)
 
     @classmethod
     def from_dict(cls, d):
@@ -129,6 +152,7 @@ class LayerwiseConfig:
     def validate(self):
         """Check every setting that can be checked without data; fill in defaults."""
         self.hidden = parse_hidden(self.hidden)
+        self.verbose = check_verbosity(self.verbose)
         if self.image_size is None:
             self.image_size = DEFAULT_IMAGE_SIZE
         if not _is_int(self.image_size) or self.image_size < 1:
@@ -165,101 +189,13 @@ class LayerwiseConfig:
             raise ConfigError(f"tsne layer {self.tsne_layer} is out of range: the network has "
                               f"{n} hidden layer(s), numbered 1 to {n}")
         if self.out is None:
-            stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-            name = Path(str(self.dataset)).stem or "data"
             kind = "pretrained" if self.pretrain else "scratch"
-            self.out = str(Path("runs") / f"{stamp}-{name}-layerwise-{kind}")
+            self.out = str(default_run_dir(self.dataset, "layerwise", kind))
         return self
 
 
 def _is_int(value):
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-# ------------------------------------------------------------------ models
-def decoder_activation(k, activation):
-    """Output activation of auto-encoder ``k``: sigmoid where the target is in [0, 1]
-    (pixels for ``k == 1``, sigmoid codes), linear for unbounded (ReLU) codes."""
-    return "sigmoid" if k == 1 or activation == "sigmoid" else "linear"
-
-
-def build_autoencoder(input_width, width, *, activation="relu", output_activation="linear",
-                      noise=0.0, name="autoencoder"):
-    """``[B, input_width] -> [B, input_width]``: (Gaussian noise) -> Dense ``encoder``
-    (``width`` units) -> Dense ``decoder``."""
-    inputs = keras.Input((input_width,), name="codes")
-    x = keras.layers.GaussianNoise(noise, name="noise")(inputs) if noise else inputs
-    x = keras.layers.Dense(width, activation=activation, name="encoder")(x)
-    outputs = keras.layers.Dense(input_width, activation=output_activation, name="decoder")(x)
-    return keras.Model(inputs, outputs, name=name)
-
-
-def build_mlp(image_size, hidden, num_classes, *, activation="relu", dropout=0.0,
-              name="layerwise_mlp"):
-    """Raw images ``[B, S, S, 3]`` in [0, 255] -> class probabilities: ``/255``, flatten,
-    Dense ``hidden_1 .. hidden_K`` (optionally each followed by dropout), Dense ``predictions``."""
-    inputs = keras.Input((image_size, image_size, 3), name="images")
-    x = keras.layers.Rescaling(1.0 / 255, name="rescale")(inputs)
-    x = keras.layers.Flatten(name="flatten")(x)
-    for k, width in enumerate(hidden, start=1):
-        x = keras.layers.Dense(width, activation=activation, name=f"hidden_{k}")(x)
-        if dropout:
-            x = keras.layers.Dropout(dropout, name=f"dropout_{k}")(x)
-    outputs = keras.layers.Dense(num_classes, activation="softmax", name="predictions")(x)
-    return keras.Model(inputs, outputs, name=name)
-
-
-def init_from_autoencoders(mlp, autoencoders):
-    """Copy the encoder of ``autoencoders[k-1]`` into layer ``hidden_k`` of ``mlp``."""
-    for k, ae in enumerate(autoencoders, start=1):
-        mlp.get_layer(f"hidden_{k}").set_weights(ae.get_layer("encoder").get_weights())
-
-
-def without_optimizer(model):
-    """An uncompiled copy of ``model`` with its weights (a third of the file size of a
-    model saved with its Adam state)."""
-    copy = keras.Model.from_config(model.get_config())  # clone_model would compile it
-    copy.set_weights(model.get_weights())
-    return copy
-
-
-def apply_batched(model, x, batch_size=PREDICT_BATCH):
-    """``model.predict`` over the array ``x`` (inference: no noise, no dropout)."""
-    return model.predict(x, batch_size=batch_size, verbose=0)
-
-
-def hidden_codes(mlp, images, layer):
-    """Outputs of ``hidden_<layer>`` of ``mlp`` for ``images`` (no dropout)."""
-    return apply_batched(keras.Model(mlp.input, mlp.get_layer(f"hidden_{layer}").output), images)
-
-
-def encode(autoencoders, x):
-    """``x`` through the encoders of ``autoencoders`` in turn (each feeds the next)."""
-    for ae in autoencoders:
-        x = apply_batched(keras.Model(ae.input, ae.get_layer("encoder").output), x)
-    return x
-
-
-# ------------------------------------------------------------------ data
-def image_arrays(data, image_size):
-    """``{split: (images float32 [N, S, S, 3] in [0, 255], labels int64 [N])}`` of a
-    :class:`~keras_supcon.data.DataSplits` (resized with the package's ``resize_images``)."""
-    arrays = {}
-    for split in ("train", "val", "test"):
-        xs, ys = [], []
-        for x, y in resize_images(getattr(data, split), image_size).batch(1024):
-            xs.append(x.numpy())
-            ys.append(y.numpy())
-        shape = (0, image_size, image_size, 3)
-        arrays[split] = (np.concatenate(xs) if xs else np.zeros(shape, np.float32),
-                         np.concatenate(ys) if ys else np.zeros((0,), np.int64))
-    return arrays
-
-
-def pixels(images):
-    """Images ``[N, S, S, 3]`` in [0, 255] -> float32 ``[N, 3 S^2]`` in [0, 1] (the input
-    of the first auto-encoder; the classifier does the same internally)."""
-    return (np.asarray(images, np.float32) / 255.0).reshape(len(images), -1)
 
 
 # ------------------------------------------------------------------ stages
@@ -274,9 +210,10 @@ def _pretrain(config, arrays, run):
             ae = build_autoencoder(x_train.shape[1], width, activation=config.activation,
                                    output_activation=decoder_activation(k, config.activation),
                                    noise=config.noise, name=f"autoencoder_{k}")
-            fit_stage(ae, (x_train, x_train), (x_val, x_val), run=run, stage=stage, config=config,
-                      loss="mse", metrics=None, monitor="val_loss", mode="min",
-                      epochs=config.pretrain_epochs, lr=config.pretrain_lr)
+            fit_stage(ae, (x_train, x_train), (x_val, x_val), run=run, stage=stage,
+                      fit=FitSettings.of(config), loss="mse", metrics=None,
+                      monitor="val_loss", mode="min", epochs=config.pretrain_epochs,
+                      lr=config.pretrain_lr)
             return ae
 
         ae = run.stage(stage, train, f"{stage}.keras", saved=without_optimizer)
@@ -292,9 +229,10 @@ def _finetune(config, arrays, run, num_classes, autoencoders):
     if autoencoders:
         init_from_autoencoders(classifier, autoencoders)
     (x_train, y_train), val = arrays["train"], arrays["val"]
-    fit_stage(classifier, (x_train, y_train), val, run=run, stage=FINETUNE, config=config,
-              loss="sparse_categorical_crossentropy", metrics=["accuracy"],
-              monitor="val_accuracy", mode="max", epochs=config.epochs, lr=config.lr)
+    fit_stage(classifier, (x_train, y_train), val, run=run, stage=FINETUNE,
+              fit=FitSettings.of(config), loss="sparse_categorical_crossentropy",
+              metrics=["accuracy"], monitor="val_accuracy", mode="max", epochs=config.epochs,
+              lr=config.lr)
     return classifier
 
 
@@ -314,11 +252,8 @@ def train_layerwise(config=None, *, resume=False, overwrite=False, **settings):
 
     started = time.time()
     # Data errors surface before a new run writes anything.
-    data = load_dataset(config.dataset, data_dir=config.data_dir,
-                        val_fraction=config.val_fraction, seed=config.seed)
-    log.info("data %s", data.describe())
-    if not resume:
-        run.start(asdict(config))
+    data = load_data(config)
+    run.begin(asdict(config), resume=resume)
 
     keras.utils.set_random_seed(config.seed)
     arrays = image_arrays(data, config.image_size)
@@ -328,83 +263,10 @@ def train_layerwise(config=None, *, resume=False, overwrite=False, **settings):
         CLASSIFIER_FILE)
 
     metrics = evaluate_layerwise(config, data, arrays, run, classifier, autoencoders)
-    metrics["wall_time_s"] = round(time.time() - started, 1)
-    metrics["run_dir"] = str(run.path)
-    run.write_json("metrics.json", metrics)
-    run.mark_finished()
-    return metrics
+    return run.finish(metrics, started)
 
 
 # ------------------------------------------------------------------ report
-def reconstruction_errors(autoencoders, arrays, history=()):
-    """Per auto-encoder: its widths, epochs trained, and the mean squared reconstruction
-    error of the kept weights on the train and validation codes (noise off); also
-    ``val_relative_mse``, the validation error over that of always predicting the mean
-    training code (codes of different layers have different scales; < 1: better than
-    the mean)."""
-    x = {s: pixels(arrays[s][0]) for s in ("train", "val")}
-    rows = []
-    for k, ae in enumerate(autoencoders, start=1):
-        stage = ae_stage(k)
-        mse = {}
-        for split in ("train", "val"):
-            out = apply_batched(ae, x[split])
-            mse[split] = float(np.mean((out - x[split]) ** 2))
-        mean_mse = float(np.mean((x["val"] - x["train"].mean(axis=0)) ** 2))
-        rows.append({"stage": stage, "input_width": int(x["train"].shape[1]),
-                     "width": int(ae.get_layer("encoder").units),
-                     "decoder_activation": ae.get_layer("decoder").get_config()["activation"],
-                     "epochs": sum(1 for r in history if r["stage"] == stage),
-                     "train_mse": mse["train"], "val_mse": mse["val"],
-                     "val_relative_mse": mse["val"] / mean_mse if mean_mse > 0 else None})
-        x = {s: encode([ae], v) for s, v in x.items()}
-    return rows
-
-
-def plot_layerwise_curves(history, title=""):
-    """Reconstruction error per epoch of each auto-encoder (left, log scale), and
-    fine-tuning loss (middle) and accuracy (right)."""
-    from matplotlib.ticker import MaxNLocator
-
-    from keras_supcon.evaluation.figures import new_figure
-
-    fig, (ax_ae, ax_loss, ax_acc) = new_figure(1, 3, figsize=(15, 4))
-    stages = list(dict.fromkeys(r["stage"] for r in history))
-    for i, stage in enumerate(s for s in stages if s != FINETUNE):
-        rows = [r for r in history if r["stage"] == stage]
-        epochs = [r["epoch"] for r in rows]
-        for key, style in (("loss", "-"), ("val_loss", "--")):
-            values = [r.get(key) for r in rows]
-            if any(v is not None for v in values):
-                split = "validation" if key.startswith("val_") else "train"
-                ax_ae.plot(epochs, [np.nan if v is None else v for v in values], style,
-                           color=f"C{i % 10}", marker="o", ms=3, label=f"{stage} ({split})")
-    rows = [r for r in history if r["stage"] == FINETUNE]
-    epochs = [r["epoch"] for r in rows]
-    for key, ax, style in (("loss", ax_loss, "-"), ("val_loss", ax_loss, "--"),
-                           ("accuracy", ax_acc, "-"), ("val_accuracy", ax_acc, "--")):
-        values = [r.get(key) for r in rows]
-        if any(v is not None for v in values):
-            split = "validation" if key.startswith("val_") else "train"
-            ax.plot(epochs, [np.nan if v is None else v for v in values], style, color="C0",
-                    marker="o", ms=3, label=split)
-    ax_ae.set(xlabel="epoch", ylabel="mean squared error",
-              title="Auto-encoder reconstruction error" if ax_ae.lines
-              else "No pre-training (random initialisation)")
-    if ax_ae.lines:
-        ax_ae.set_yscale("log")
-    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="Fine-tuning loss")
-    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="Fine-tuning accuracy", ylim=(0, 1))
-    for ax in (ax_ae, ax_loss, ax_acc):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-        if ax.lines:
-            ax.legend(fontsize=7 if len(ax.lines) > 6 else 8, ncol=2 if len(ax.lines) > 6 else 1)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return fig
-
-
 def evaluate_layerwise(config, data, arrays, run, classifier, autoencoders):
     """Test metrics, reconstruction errors and figures of a trained layer-wise run."""
     x_test, y_test = arrays["test"]
@@ -415,19 +277,18 @@ def evaluate_layerwise(config, data, arrays, run, classifier, autoencoders):
         dataset=data.name, method="layerwise", pretrain=config.pretrain,
         hidden=list(config.hidden), activation=config.activation, image_size=config.image_size,
         split_sizes=data.sizes, num_parameters=int(classifier.count_params()),
-        autoencoders=reconstruction_errors(autoencoders, arrays, history))
+        autoencoders=[{"stage": ae_stage(k), **row,
+                       "epochs": sum(1 for r in history if r["stage"] == ae_stage(k))}
+                      for k, row in enumerate(reconstruction_errors(autoencoders, arrays), 1)])
     kind = "layer-wise pre-trained" if config.pretrain else "random init"
     widths = "-".join(str(w) for w in config.hidden)
     title = (f"{data.name} | MLP {widths} ({config.activation}) | {kind} | "
              f"test accuracy {metrics['accuracy']:.3f}")
 
-    run.save_figure(plot_layerwise_curves(history, title), "curves.png")
-    codes = hidden_codes(classifier, x_test, config.tsne_layer)
-    points, point_labels = tsne_embedding(codes, y_test, max_per_class=500, seed=config.seed)
-    run.save_figure(plot_tsne(points, point_labels, data.class_names,
-                              f"t-SNE of test codes of hidden layer {config.tsne_layer} "
-                              f"({config.hidden[config.tsne_layer - 1]} units)\n{title}"),
-                    "tsne.png")
-    run.save_figure(plot_confusion(metrics["confusion_matrix"], data.class_names,
-                                   f"Confusion matrix (test)\n{title}"), "confusion.png")
+    save_evaluation_figures(
+        run, metrics, title, curves=plot_layerwise_curves(history, FINETUNE, title),
+        codes=hidden_codes(classifier, x_test, config.tsne_layer), labels=y_test,
+        class_names=data.class_names, seed=config.seed,
+        what=f"test codes of hidden layer {config.tsne_layer} "
+             f"({config.hidden[config.tsne_layer - 1]} units)")
     return metrics

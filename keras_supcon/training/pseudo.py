@@ -24,23 +24,24 @@ written after each stage to ``pseudo_label.json`` and, at the end, as the table
 import dataclasses
 import logging
 import math
+import time
 from dataclasses import asdict
-from datetime import datetime
-from pathlib import Path
 
 import keras
-import numpy as np
 import tensorflow as tf
 
-from keras_supcon.data import load_dataset, supervised_batches
-from keras_supcon.data.sources import load_unlabelled_split, split_indices
-from keras_supcon.errors import ConfigError, DataError
+from keras_supcon.data import supervised_batches
+from keras_supcon.data.pools import split_pools, unlabelled_subset, with_pseudo_labels
+from keras_supcon.errors import ConfigError
 from keras_supcon.evaluation import classification_metrics, predict
+from keras_supcon.evaluation.figures import plot_pseudo_labelling
+from keras_supcon.evaluation.metrics import EVAL_BATCH
 from keras_supcon.evaluation.tables import markdown_table
-from keras_supcon.models import build_classifier, build_encoder
-from keras_supcon.runs.rundir import CONFIG_FILE, open_run
+from keras_supcon.runs.rundir import CONFIG_FILE, default_run_dir, open_run
+from keras_supcon.training import build
 from keras_supcon.training.distribute import precision_policy
-from keras_supcon.training.run import TrainConfig, train_classifier
+from keras_supcon.training.settings import TrainConfig, load_data
+from keras_supcon.training.stages import train_classifier
 
 log = logging.getLogger(__name__)
 
@@ -93,106 +94,11 @@ def check_pseudo_settings(threshold, rounds, unlabelled, labelled):
         raise ConfigError(f"labelled must be >= 1; got {labelled}")
 
 
-def _labels_of(ds):
-    return np.concatenate([y.numpy().reshape(-1) for y in ds.map(lambda x, y: y).batch(4096)])
-
-
-def _select(ds, mask):
-    """The elements of ``ds`` whose position is True in ``mask`` (order kept)."""
-    mask = tf.constant(mask, tf.bool)
-
-    def selected(i, _):
-        return mask[i]
-
-    def element(_, ex):
-        return ex
-
-    return ds.enumerate().filter(selected).map(element)
-
-
-def split_pools(data, spec, *, labelled, max_ratio, source="auto", data_dir=None, seed=0):
-    """``(labelled ds, n, unlabelled pool ds, pool size, labels known)`` of ``data``.
-
-    ``source``: ``split`` (the data set's unlabelled split), ``holdout`` (part of
-    the training split, labels hidden), ``auto`` (the split if there is one).
-    """
-    split = None if source == "holdout" else load_unlabelled_split(spec, data_dir=data_dir)
-    if split is not None:
-        train = data.train
-        n_train = data.sizes["train"]
-        if labelled is not None and labelled < n_train:
-            train = _select(train, _labelled_mask(_labels_of(train), labelled, seed))
-            n_train = labelled
-        return train, n_train, split, None, False
-    if source == "split":
-        raise DataError(f"{data.name} has no unlabelled split; use --unlabelled holdout to "
-                        "hold out part of the training images as unlabelled")
-    labels = _labels_of(data.train)
-    n = len(labels)
-    if labelled is None:  # as many as the largest ratio leaves room for
-        labelled = int(n // (1 + max_ratio))
-    needed = int(round(max_ratio * labelled))
-    if labelled < data.num_classes or labelled + needed > n:
-        raise DataError(
-            f"cannot hold out unlabelled images: {data.name} has {n} training images, "
-            f"and {labelled} labelled + {needed} unlabelled (ratio {ratio_label(max_ratio)}) "
-            f"are needed, with at least one labelled image per class "
-            f"({data.num_classes}); lower --labelled or the largest ratio")
-    mask = _labelled_mask(labels, labelled, seed)
-    pool_idx = np.flatnonzero(~mask)
-    np.random.default_rng(seed).shuffle(pool_idx)  # pool[:k] is a random k-subset
-    return _select(data.train, mask), labelled, data.train, (pool_idx, labels), True
-
-
-def _labelled_mask(labels, count, seed):
-    """``count`` positions, stratified by class where possible."""
-    mask = np.zeros(len(labels), bool)
-    if count >= len(labels):
-        mask[:] = True
-        return mask
-    chosen, _ = split_indices(labels, len(labels) - count, seed)
-    mask[chosen] = True
-    return mask
-
-
-def _unlabelled_for(pool_ds, pool, count):
-    """``(ds of (image, true label or -1), size)``: the first ``count`` of the pool."""
-    if pool is None:  # an unlabelled split
-        ds = pool_ds.take(count)
-        n = int(ds.cardinality())
-        if n < 0:
-            n = int(ds.reduce(0, lambda c, _: c + 1))
-        return ds, n
-    pool_idx, labels = pool
-    mask = np.zeros(len(labels), bool)
-    mask[pool_idx[:count]] = True
-    return _select(pool_ds, mask), int(mask.sum())
-
-
 def pseudo_labels(classifier, ds, image_size, threshold):
     """Predict ``ds`` of ``(image, true label or -1)``: ``(keep mask, predicted labels,
     true labels)``; kept = softmax confidence >= ``threshold``."""
-    probs, true = predict(classifier, supervised_batches(ds, image_size, 256))
+    probs, true = predict(classifier, supervised_batches(ds, image_size, EVAL_BATCH))
     return probs.max(axis=1) >= threshold, probs.argmax(axis=1), true
-
-
-def _with_pseudo_labels(ds, keep, predicted):
-    keep = tf.constant(keep, tf.bool)
-    predicted = tf.constant(predicted, tf.int64)
-
-    def kept(i, _):
-        return keep[i]
-
-    def relabelled(i, ex):
-        return ex[0], predicted[i]
-
-    return ds.enumerate().filter(kept).map(relabelled)
-
-
-def _new_classifier(config, num_classes):
-    keras.utils.set_random_seed(config.seed)
-    encoder = build_encoder(config.backbone, config.image_size, config.weights)
-    return build_classifier(encoder, num_classes, l2=config.l2)
 
 
 def _train_stage(config, data, run, stage, train_ds, n_train):
@@ -201,7 +107,8 @@ def _train_stage(config, data, run, stage, train_ds, n_train):
         splits = dataclasses.replace(
             data, train=train_ds.apply(tf.data.experimental.assert_cardinality(n_train)),
             sizes={**data.sizes, "train": n_train})
-        classifier = _new_classifier(config, data.num_classes)
+        keras.utils.set_random_seed(config.seed)  # every classifier starts alike
+        classifier = build.new_classifier(config, data.num_classes)
         train_classifier(config, splits, run, classifier, stage, config.epochs, config.lr)
         return classifier
 
@@ -209,7 +116,8 @@ def _train_stage(config, data, run, stage, train_ds, n_train):
 
 
 def _test_metrics(config, data, classifier):
-    probs, labels = predict(classifier, supervised_batches(data.test, config.image_size, 256))
+    probs, labels = predict(classifier, supervised_batches(data.test, config.image_size,
+                                                           EVAL_BATCH))
     m = classification_metrics(labels, probs, data.class_names)
     return {k: m[k] for k in ("accuracy", "f1_macro", "precision_macro", "recall_macro")}
 
@@ -237,63 +145,74 @@ def run_pseudo_labelling(config=None, *, labelled=None, ratios=RATIOS, threshold
     config = dataclasses.replace(config or TrainConfig(loss="ce"), **settings)
     study = {"labelled": labelled, "ratios": list(parse_ratios(ratios)), "threshold": threshold,
              "rounds": rounds, "unlabelled": unlabelled}
-    if resume:  # the settings and the study as they were started
+    started = time.time()
+    config, run, study, data, pools = _open_study(config, study, resume, overwrite)
+    keras.mixed_precision.set_global_policy(precision_policy(config.mixed_precision))
+    log.info("pseudo-labelling on %s: %d labelled images, ratios %s, threshold %g",
+             data.name, pools.n_labelled, ", ".join(map(ratio_label, study["ratios"])),
+             study["threshold"])
+    results = run.read_json(RESULTS_FILE) if run.file(RESULTS_FILE).exists() else {}
+    teacher = _train_stage(config, data, run, "teacher", pools.labelled, pools.n_labelled)
+    if "teacher" not in results:
+        results["teacher"] = {"ratio": 0.0, "round": 0, "unlabelled": 0, "kept": 0,
+                              "pseudo_label_accuracy": None, "train_images": pools.n_labelled,
+                              "test": _test_metrics(config, data, teacher)}
+        run.write_json(RESULTS_FILE, results)
+    rows = [results["teacher"]] if 0.0 in study["ratios"] else []
+    for ratio in (r for r in study["ratios"] if r > 0):
+        rows += _student_rounds(config, data, run, study, results, teacher, ratio, pools)
+    report = write_pseudo_report(run, rows, study, config, data.name, pools.n_labelled)
+    return run.finish({"rows": rows, "report": str(report)}, started)
+
+
+def _open_study(config, study, resume, overwrite):
+    """``(config, run, study, data, pools)`` of a new study, or of the one in ``config.out``
+    with its settings and study as they were started (``resume``)."""
+    if resume:
         config, run = open_run(config, resume=True)
         study = run.read_json(CONFIG_FILE)["pseudo_labelling"]
     elif config.out is None:
-        name = Path(str(config.dataset)).stem or "data"
-        config.out = str(Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-pseudo-{name}")
+        config.out = str(default_run_dir(config.dataset, "pseudo"))
     _check_study(config, study)
     config.validate()
-    ratios = study["ratios"]
-    data = load_dataset(config.dataset, data_dir=config.data_dir,
-                        val_fraction=config.val_fraction, seed=config.seed)
-    labelled_ds, n_labelled, pool_ds, pool, known = split_pools(
-        data, config.dataset, labelled=study["labelled"], max_ratio=max(ratios),
-        source=study["unlabelled"], data_dir=config.data_dir, seed=config.seed)
+    data = load_data(config)
+    pools = split_pools(data, config.dataset, labelled=study["labelled"],
+                        max_ratio=max(study["ratios"]), source=study["unlabelled"],
+                        data_dir=config.data_dir, seed=config.seed)
     if not resume:  # (data errors surface before a new run writes anything)
         config, run = open_run(config, overwrite=overwrite)
-        run.start(asdict(config), pseudo_labelling=study)
-    keras.mixed_precision.set_global_policy(precision_policy(config.mixed_precision))
-    log.info("pseudo-labelling on %s: %d labelled images, ratios %s, threshold %g",
-             data.name, n_labelled, ", ".join(map(ratio_label, ratios)), study["threshold"])
+        run.begin(asdict(config), resume=False, pseudo_labelling=study)
+    return config, run, study, data, pools
 
-    results = run.read_json(RESULTS_FILE) if run.file(RESULTS_FILE).exists() else {}
-    teacher = _train_stage(config, data, run, "teacher", labelled_ds, n_labelled)
-    if "teacher" not in results:
-        results["teacher"] = {"ratio": 0.0, "round": 0, "unlabelled": 0, "kept": 0,
-                              "pseudo_label_accuracy": None, "train_images": n_labelled,
-                              "test": _test_metrics(config, data, teacher)}
-        run.write_json(RESULTS_FILE, results)
-    rows = [results["teacher"]] if 0.0 in ratios else []
-    for ratio in (r for r in ratios if r > 0):
-        unlabelled_ds, n_unlabelled = _unlabelled_for(pool_ds, pool,
-                                                      int(round(ratio * n_labelled)))
-        current = teacher
-        for k in range(1, study["rounds"] + 1):
-            stage = f"student-1to{ratio:g}-round{k}"
-            if stage not in results or not run.stage_done(stage):
-                keep, predicted, true = pseudo_labels(current, unlabelled_ds,
-                                                      config.image_size, study["threshold"])
-                kept = int(keep.sum())
-                accuracy = (float((predicted[keep] == true[keep]).mean()) if known and kept
-                            else None)
-                log.info("%s: %d of %d unlabelled images kept (pseudo-label accuracy %s)",
-                         stage, kept, n_unlabelled, accuracy)
-                train_ds = labelled_ds.concatenate(
-                    _with_pseudo_labels(unlabelled_ds, keep, predicted))
-                current = _train_stage(config, data, run, stage, train_ds, n_labelled + kept)
-                results[stage] = {"ratio": ratio, "round": k, "unlabelled": n_unlabelled,
-                                  "kept": kept, "pseudo_label_accuracy": accuracy,
-                                  "train_images": n_labelled + kept,
-                                  "test": _test_metrics(config, data, current)}
-                run.write_json(RESULTS_FILE, results)
-            else:
-                current = keras.models.load_model(run.file(f"{stage}.keras"))
+
+def _student_rounds(config, data, run, study, results, teacher, ratio, pools):
+    """The rounds of students at labelled:unlabelled ratio ``1:ratio`` (each stage
+    trained, or loaded when done); their rows of ``results``."""
+    unlabelled_ds, n_unlabelled = unlabelled_subset(pools.pool, pools.pool_index,
+                                                  int(round(ratio * pools.n_labelled)))
+    current, rows = teacher, []
+    for k in range(1, study["rounds"] + 1):
+        stage = f"student-1to{ratio:g}-round{k}"
+        if stage in results and run.stage_done(stage):
+            current = keras.models.load_model(run.file(f"{stage}.keras"))
             rows.append(results[stage])
-    report = write_pseudo_report(run, rows, study, config, data.name, n_labelled)
-    run.mark_finished()
-    return {"rows": rows, "report": str(report), "run_dir": str(run.path)}
+            continue
+        keep, predicted, true = pseudo_labels(current, unlabelled_ds, config.image_size,
+                                              study["threshold"])
+        kept = int(keep.sum())
+        accuracy = float((predicted[keep] == true[keep]).mean()) if pools.known and kept else None
+        log.info("%s: %d of %d unlabelled images kept (pseudo-label accuracy %s)",
+                 stage, kept, n_unlabelled, accuracy)
+        train_ds = pools.labelled.concatenate(with_pseudo_labels(unlabelled_ds, keep,
+                                                                  predicted))
+        current = _train_stage(config, data, run, stage, train_ds, pools.n_labelled + kept)
+        results[stage] = {"ratio": ratio, "round": k, "unlabelled": n_unlabelled, "kept": kept,
+                          "pseudo_label_accuracy": accuracy,
+                          "train_images": pools.n_labelled + kept,
+                          "test": _test_metrics(config, data, current)}
+        run.write_json(RESULTS_FILE, results)
+        rows.append(results[stage])
+    return rows
 
 
 def pseudo_table(rows, threshold):
@@ -314,26 +233,10 @@ def pseudo_table(rows, threshold):
 
 
 def write_pseudo_report(run, rows, study, config, dataset, n_labelled):
-    from keras_supcon.evaluation.figures import new_figure
-
-    last = {}
-    for r in rows:  # the last round of each ratio
-        last[r["ratio"]] = r
-    final = list(last.values())
-    fig, ax = new_figure(figsize=(6.5, 4))
-    x = np.arange(len(final))
-    ax.plot(x, [r["test"]["accuracy"] for r in final], "o-", label="test accuracy")
-    ax.plot(x, [r["test"]["f1_macro"] for r in final], "s--", label="test macro F1")
-    kept = [r["kept"] / r["unlabelled"] if r["unlabelled"] else np.nan for r in final]
-    ax.plot(x, kept, "^:", label=f"kept fraction (conf. >= {study['threshold']:g})")
-    ax.set(xticks=x, xticklabels=[ratio_label(r["ratio"]) for r in final],
-           xlabel="labelled : unlabelled", ylim=(0, 1),
-           title=f"Pseudo-labelling on {dataset}: {n_labelled} labelled, "
-                 f"{config.backbone}, {config.epochs} epochs")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    run.save_figure(fig, "pseudo_label.png")
+    final = list({r["ratio"]: r for r in rows}.values())  # the last round of each ratio
+    title = (f"Pseudo-labelling on {dataset}: {n_labelled} labelled, {config.backbone}, "
+             f"{config.epochs} epochs")
+    run.save_figure(plot_pseudo_labelling(final, study["threshold"], title), "pseudo_label.png")
     text = "\n".join([
         f"# Pseudo-labelling: {dataset}", "",
         f"{n_labelled} labelled images; backbone {config.backbone}, loss {config.loss}, "
