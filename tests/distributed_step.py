@@ -20,7 +20,9 @@ job = sys.argv[1] == "--job"
 out, replicas = sys.argv[1], int(sys.argv[2])
 backend = os.environ.get("KERAS_BACKEND", "tensorflow")
 if backend == "jax":
-    os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={replicas}"
+    # (other XLA flags, e.g. the suite's --isa cap, are kept)
+    os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""),
+                                        f"--xla_force_host_platform_device_count={replicas}"])
 else:
     import tensorflow as tf
 

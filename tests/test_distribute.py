@@ -76,7 +76,9 @@ def _jax_processes(args_of, count=2, timeout=600):
                        f"localhost:{port + k}" for k in range(count)),
                    KERAS_DISTRIBUTION_NUM_PROCESSES=str(count),
                    KERAS_DISTRIBUTION_PROCESS_ID=str(i))
-        env.pop("XLA_FLAGS", None)  # one CPU device per process
+        # one CPU device per process; other XLA flags (the --isa cap) kept
+        env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
+                                    if not f.startswith("--xla_force_host_platform_device_count"))
         procs.append(subprocess.Popen([sys.executable, *map(str, args_of(i))], env=env,
                                       cwd=HERE.parent, stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, text=True))

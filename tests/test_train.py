@@ -20,7 +20,7 @@ from keras_supcon.training import train
 from keras_supcon.training.probe import C_GRID
 
 # precise BatchNorm statistics over 4 clean batches, not 100: the same code path, ~3 s less a run
-QUICK = dict(backbone="small_resnet", image_size=16, epochs=1, linear_epochs=1, batch_size=32,
+QUICK = dict(backbone="small_resnet", image_size=8, epochs=1, linear_epochs=1, batch_size=32,
              precise_bn_batches=4, verbose=0)
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -69,13 +69,15 @@ def test_run_writes_every_output(finished_run):
 def test_saved_model_reproduces_the_keras_classifier(finished_run):
     out, _ = finished_run
     classifier = keras.models.load_model(out / "classifier.keras")
-    images, _ = next(iter(supervised_batches(load_dataset("digits").test, 16, 64)))
+    images, _ = next(iter(supervised_batches(load_dataset("digits").test, QUICK["image_size"],
+                                             64)))
     served = serve_saved_model(out / "saved_model", images.numpy())
     np.testing.assert_allclose(served, np.asarray(classifier(images)), rtol=1e-5, atol=1e-6)
     loaded = tf.saved_model.load(str(out / "saved_model"))
     sig = loaded.signatures["serving_default"]
     assert list(sig.structured_outputs) == ["probabilities"]
-    assert sig.structured_input_signature[1]["images"].shape.as_list() == [None, 16, 16, 3]
+    size = QUICK["image_size"]
+    assert sig.structured_input_signature[1]["images"].shape.as_list() == [None, size, size, 3]
 
 
 def test_cli_refuses_a_finished_run_without_overwrite(finished_run, capsys):
@@ -197,7 +199,7 @@ def test_settings_of_older_runs_mean_what_those_runs_did():
 
 def test_joint_supcon_ce_run(tmp_path):
     metrics = train(out=str(tmp_path / "joint"), loss="supcon+ce", supcon_weight=0.5,
-                    **dict(QUICK, epochs=2, image_size=8))   # digits are 8x8
+                    **dict(QUICK, epochs=2))
     history = list(csv.DictReader((tmp_path / "joint" / "history.csv").open()))
     assert [r["stage"] for r in history] == ["ce", "ce"]
     assert {"probabilities_loss", "projections_loss", "val_probabilities_accuracy"} <= set(
@@ -257,7 +259,8 @@ def test_supcon_runs_on_real_cifar10_images(cifar_tiny, tmp_path):
     """The CIFAR-10 path (a .npz of real 32x32 RGB images, 10 classes) end to end, at a smoke
     budget on the committed fixture. The learning claim (test accuracy > 0.2, kNN > 0.3 after
     5 epochs on the shared subset) is experiments/cifar_short_run.py's, in docs/results.md."""
-    metrics = train(out=str(tmp_path / "cifar"), dataset=str(cifar_tiny), **QUICK)
+    metrics = train(out=str(tmp_path / "cifar"), dataset=str(cifar_tiny),
+                    **dict(QUICK, image_size=16))
     assert metrics["num_examples"] == 200
     assert sorted(metrics["per_class_accuracy"]) == sorted(
         ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
