@@ -9,8 +9,9 @@ CPU devices; run in a subprocess by ``test_distribute.py``.
 the loss of one SGD step (lr 1, so the change is minus the gradient; for the
 center loss the centres' change too) on one device with the whole batch and on
 ``REPLICAS`` replicas: ``tf.distribute.MirroredStrategy`` on TensorFlow,
-``keras.distribution.DataParallel`` on JAX (``KERAS_BACKEND=jax``). Case names
-after ``REPLICAS`` restrict the run to those cases.
+``keras.distribution.DataParallel`` on JAX (``KERAS_BACKEND=jax``). The one-device
+reference runs eagerly (one step: nothing to gain from tracing it); the replicated step
+runs as training does. Case names after ``REPLICAS`` restrict the run to those cases.
 """
 
 import os
@@ -122,7 +123,9 @@ def one_step(case, views, x, y, weights, strategy):
         assert n == (1 if strategy == "none" else replicas), (strategy, n)
         model, compiled = build(case, views)
         model.set_weights(weights)
-        model.compile(optimizer=keras.optimizers.SGD(1.0), **compiled)
+        # The one-device reference runs eagerly (no tf.function to trace for one step)
+        model.compile(optimizer=keras.optimizers.SGD(1.0), run_eagerly=strategy == "none",
+                      **compiled)
         if strategy == "mirrored":
             import tensorflow as tf
 
