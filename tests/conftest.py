@@ -71,11 +71,11 @@ def pytest_configure(config):
     os.environ[ISA_ENV] = isa  # the workers and subprocesses inherit the mode
 
 
-def _module_fixtures(item):
-    """Names of the module-scoped fixtures ``item`` uses (a trained run, a sweep, ...)."""
+def _uses_module_fixture(item):
+    """Whether ``item`` uses a module-scoped fixture (a trained run, a sweep, ...)."""
     info = getattr(item, "_fixtureinfo", None)
-    defs = info.name2fixturedefs.items() if info else ()
-    return sorted(name for name, fixturedefs in defs if fixturedefs[-1].scope == "module")
+    return bool(info) and any(defs[-1].scope == "module"
+                              for defs in info.name2fixturedefs.values())
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
@@ -90,7 +90,7 @@ def pytest_collection_modifyitems(config, items):
     # workers. (pytest 9.2 silently ignores the groups: pytest-xdist#1386; pyproject pins
     # pytest below it.)
     for item in items:
-        if _module_fixtures(item):
+        if _uses_module_fixture(item):
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
 
 

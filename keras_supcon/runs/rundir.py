@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -196,8 +197,6 @@ class RunDir:
         """A job's end: ``metrics`` (with the wall time since ``started``, a
         ``time.time()``, and the run directory) written to ``metrics.json``, the run
         marked finished; returns ``metrics``."""
-        import time
-
         metrics["wall_time_s"] = round(time.time() - started, 1)
         metrics["run_dir"] = str(self.path)
         self.write_json("metrics.json", metrics)
