@@ -9,9 +9,13 @@ CPU devices; run in a subprocess by ``test_distribute.py``.
 the loss of one SGD step (lr 1, so the change is minus the gradient; for the
 center loss the centres' change too) on one device with the whole batch and on
 ``REPLICAS`` replicas: ``tf.distribute.MirroredStrategy`` on TensorFlow,
-``keras.distribution.DataParallel`` on JAX (``KERAS_BACKEND=jax``). The one-device
-reference runs eagerly (one step: nothing to gain from tracing it); the replicated step
-runs as training does. Case names after ``REPLICAS`` restrict the run to those cases.
+``keras.distribution.DataParallel`` on JAX (``KERAS_BACKEND=jax``). The embedding
+losses train side by side in one model, a branch each (one step to trace instead of
+nine); the center loss and the SupCon + CE model each have their own. On TensorFlow
+the one-device reference runs eagerly (one step: nothing to gain from tracing it); on
+JAX it is compiled, because eager JAX compiles every op on its own (2-3x slower for one
+step). The replicated step runs as training does, except that TensorFlow's graph
+optimiser (Grappler) is off: its rewrites are not what is tested (about 10% of the time).
 """
 
 import os
@@ -30,6 +34,8 @@ else:
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(
         cpu, [tf.config.LogicalDeviceConfiguration()] * replicas)
+    if not job:  # see the module docstring; the job keeps Grappler
+        tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
 
 if job:
     from keras_supcon.cli.train import main
@@ -77,6 +83,8 @@ EMBEDDING_LOSSES = {
     "barlow": lambda: BarlowTwinsLoss(lambda_=0.05),
 }
 UNSUPERVISED = ("simclr", "barlow")
+# The one-device reference step runs eagerly on TensorFlow (see the module docstring).
+EAGER = backend == "tensorflow"
 CASES = (*EMBEDDING_LOSSES, "center", "joint")
 
 
@@ -87,9 +95,17 @@ def encoder():
     return keras.Model(inputs, keras.layers.Dense(16, activation="tanh")(inputs))
 
 
-def build(case, views):
-    """The model of ``case`` and its ``compile`` arguments."""
-    if case == "center":
+def embedding_cases(views):
+    """The embedding losses that apply to ``views`` views (label-free ones need two)."""
+    return [case for case in EMBEDDING_LOSSES if views > 1 or case not in UNSUPERVISED]
+
+
+def build(group, views):
+    """The model of ``group`` and its ``compile`` arguments. ``"embedding"``: one branch
+    per embedding loss (``[views, WIDTH]`` -> Dense(16, tanh) -> Dense(4), layers named
+    after the loss), trained in one step; branches share no weight, so each branch's
+    gradient is that of its own loss. ``"center"``, ``"joint"``: one model each."""
+    if group == "center":
         classifier = build_classifier(encoder(), CLASSES)
         images = keras.Input((WIDTH,))
         labels = keras.Input((), dtype="int32")
@@ -97,35 +113,38 @@ def build(case, views):
         x = CenterLoss(CLASSES, weight=0.5, alpha=0.5)([x, labels])
         model = keras.Model([images, labels], classifier.layers[-1](x))
         return model, dict(loss="sparse_categorical_crossentropy")
-    head = keras.Sequential([keras.layers.Dense(4)])
-    if case == "joint":
+    if group == "joint":
         enc = encoder()
+        head = keras.Sequential([keras.layers.Dense(4)])
         model = build_joint_model(enc, head, build_classifier(enc, CLASSES), views=views)
         return model, joint_loss(supcon_weight=0.5, temperature=0.2)
     inputs = keras.Input((views, WIDTH))
-    model = keras.Model(inputs, head(keras.layers.Dense(16, activation="tanh")(inputs)))
-    return model, dict(loss=EMBEDDING_LOSSES[case]())
+    outputs = {case: keras.layers.Dense(4, name=f"{case}_head")(
+        keras.layers.Dense(16, activation="tanh", name=f"{case}_hidden")(inputs))
+        for case in embedding_cases(views)}
+    return keras.Model(inputs, outputs), dict(
+        loss={case: EMBEDDING_LOSSES[case]() for case in outputs})
 
 
-def batch(case, views, labels, rng):
-    """``(x, y)`` of the whole batch for ``case``."""
+def batch(group, views, labels, rng):
+    """``(x, y)`` of the whole batch for ``group``."""
     x = rng.normal(size=(BATCH, views, WIDTH)).astype("float32")
     y = np.asarray(labels, dtype="int32")
-    if case == "center":
+    if group == "center":
         return (x[:, 0], y), y
-    if case == "joint":
+    if group == "joint":
         return x, {"projections": y, "probabilities": np.repeat(y[:, None], views, axis=1)}
-    return x, y
+    return x, {case: y for case in embedding_cases(views)}
 
 
-def one_step(case, views, x, y, weights, strategy):
+def one_step(group, views, x, y, weights, strategy):
+    """``({weight path: change}, history)`` of one SGD step (lr 1) of ``group``'s model."""
     with distribution_scope(strategy) as n:
         assert n == (1 if strategy == "none" else replicas), (strategy, n)
-        model, compiled = build(case, views)
+        model, compiled = build(group, views)
         model.set_weights(weights)
-        # The one-device reference runs eagerly (no tf.function to trace for one step)
-        model.compile(optimizer=keras.optimizers.SGD(1.0), run_eagerly=strategy == "none",
-                      **compiled)
+        model.compile(optimizer=keras.optimizers.SGD(1.0),
+                      run_eagerly=EAGER and strategy == "none", **compiled)
         if strategy == "mirrored":
             import tensorflow as tf
 
@@ -133,9 +152,18 @@ def one_step(case, views, x, y, weights, strategy):
             history = model.fit(data, epochs=1, verbose=0, shuffle=False)
         else:
             history = model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0, shuffle=False)
-        loss = history.history["loss"][0]
-        after = [np.asarray(w) for w in model.get_weights()]
-    return [w0 - w1 for w0, w1 in zip(weights, after)], loss
+        deltas = {w.path: w0 - np.asarray(w) for w, w0 in zip(model.weights, weights)}
+    return deltas, {k: v[0] for k, v in history.history.items()}
+
+
+def case_results(group, views, deltas, losses):
+    """``{case: (loss, [weight changes])}`` of one step of ``group``."""
+    if group != "embedding":
+        return {group: (losses["loss"], list(deltas.values()))}
+    return {case: (losses[f"{case}_loss"],
+                   [d for path, d in deltas.items()
+                    if path.split("/")[0] in (f"{case}_hidden", f"{case}_head")])
+            for case in embedding_cases(views)}
 
 
 def main():
@@ -143,19 +171,19 @@ def main():
     keras.utils.set_random_seed(0)
     distributed = "mirrored" if backend == "tensorflow" else "data-parallel"
     result = {}
-    only = sys.argv[3:]  # some cases only (for debugging)
     for pattern, (views, labels) in PATTERNS.items():
-        for case in CASES:
-            if only and case not in only or case in UNSUPERVISED and views < 2:
-                continue
-            x, y = batch(case, views, labels, rng)
-            weights = [np.asarray(w) for w in build(case, views)[0].get_weights()]
+        for group in ("embedding", "center", "joint"):
+            x, y = batch(group, views, labels, rng)
+            weights = [np.asarray(w) for w in build(group, views)[0].get_weights()]
             for strategy in ("none", distributed):
-                delta, loss = one_step(case, views, x, y, weights, strategy)
-                tag = f"{case}/{pattern}/{'single' if strategy == 'none' else 'replicas'}"
-                result[f"{tag}/loss"] = np.float64(loss)
-                for i, d in enumerate(delta):
-                    result[f"{tag}/delta{i}"] = d
+                deltas, losses = one_step(group, views, x, y, weights, strategy)
+                run = "single" if strategy == "none" else "replicas"
+                for case, (loss, case_deltas) in case_results(group, views, deltas,
+                                                              losses).items():
+                    tag = f"{case}/{pattern}/{run}"
+                    result[f"{tag}/loss"] = np.float64(loss)
+                    for i, d in enumerate(case_deltas):
+                        result[f"{tag}/delta{i}"] = d
     np.savez(out, **result)
     print("ok", backend, replicas)
 
