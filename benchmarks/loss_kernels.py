@@ -14,18 +14,23 @@ Modes: ``graph`` (``tf.function``) and ``xla`` (``tf.function(jit_compile=True)`
 under ``KERAS_BACKEND=jax`` only ``xla`` (``jax.jit(jax.value_and_grad(...))``).
 Precisions: ``float32`` and ``mixed``: the embeddings arrive in the mixed policy's
 compute dtype (``mixed_bfloat16`` on CPU, ``mixed_float16`` on GPU) and the floor
-is computed in that dtype. The ratio of a kernel is its time over the faster
-floor (graph or XLA) at the same ``(B, D, precision)``.
+is computed in that dtype.
 
-Memory: at one batch size (8192 by default), each float32 kernel/mode runs once in
-a fresh process (``--memory-probe KERNEL MODE B D``); the report gives the process
-RSS before the call (inputs created, function traced) and its peak after, and
-the difference as a multiple of one ``N x N`` float32 buffer (1 GiB at B=8192).
+Memory: at each batch size of ``--memory-batch-sizes`` (8192 by default), each float32
+kernel/mode runs once in a fresh process (``--memory-probe KERNEL MODE B D``); the
+report gives the process RSS before the call (inputs created, function traced) and
+its peak after, what the loss itself held (TensorFlow's allocator peak; under JAX the
+compiled temporaries), as a multiple of one ``N x N`` float32 buffer (1 GiB at
+B=8192) and per row of the batch.
+
+Ratios: ``ratio`` is against the faster floor (graph or XLA) of the same row,
+``mode_ratio`` (the tables' brackets) against the floor of the same mode; where the
+floor does not fit in memory, against its ``N^2`` extrapolation.
 
 Usage::
 
     python -m benchmarks.loss_kernels [--quick] [--batch-sizes 256,512] [--dims 128]
-        [--results-dir DIR] [--memory-batch-size 8192]
+        [--results-dir DIR] [--memory-batch-sizes 8192]
 """
 
 import argparse
@@ -335,16 +340,32 @@ def fmt_duration(s):
 
 
 def add_ratios(timings):
-    """``ratio = seconds / min(floor seconds)``, the floor of the same (B, D, precision)."""
-    floors = {}
+    """``ratio = seconds / min(floor seconds)``, the floor of the same (B, D, precision),
+    and ``mode_ratio = seconds / floor seconds`` of the same mode. Where the floor did
+    not fit in memory, ``mode_ratio`` is against its ``N^2`` extrapolation from the
+    largest floor measured in that mode, D and precision (``mode_floor_extrapolated``)."""
+    floors, measured = {}, {}
     for t in timings:
         if t["kernel"] == "floor" and t.get("seconds") is not None:
             key = (t["batch_size"], t["dim"], t["precision"])
             floors[key] = min(floors.get(key, math.inf), t["seconds"])
+            line = (t["mode"], t["dim"], t["precision"])
+            measured.setdefault(line, {})[t["batch_size"]] = t["seconds"]
     for t in timings:
         floor = floors.get((t["batch_size"], t["dim"], t["precision"]))
-        t["ratio"] = (t["seconds"] / floor
-                      if floor is not None and t.get("seconds") is not None else None)
+        done = t.get("seconds") is not None
+        t["ratio"] = t["seconds"] / floor if floor is not None and done else None
+        sizes = measured.get((t["mode"], t["dim"], t["precision"]), {})
+        if t["batch_size"] in sizes:
+            mode_floor, t["mode_floor_extrapolated"] = sizes[t["batch_size"]], False
+        elif sizes and max(sizes) < t["batch_size"]:
+            b = max(sizes)
+            mode_floor = sizes[b] * (t["batch_size"] / b) ** 2
+            t["mode_floor_extrapolated"] = True
+        else:
+            mode_floor = None
+            t.pop("mode_floor_extrapolated", None)
+        t["mode_ratio"] = t["seconds"] / mode_floor if mode_floor and done else None
     return timings
 
 
@@ -525,8 +546,9 @@ def parse_args(argv):
                    help="seconds of timed calls at least (default 1, quick 0)")
     p.add_argument("--max-call-seconds", type=float, default=120.0,
                    help="skip a configuration predicted to take longer per call")
-    p.add_argument("--memory-batch-size", type=int,
-                   help="B of the memory probes (default 8192, quick 64; 0 = none)")
+    p.add_argument("--memory-batch-size", "--memory-batch-sizes", dest="memory_batch_sizes",
+                   type=_ints, help="B values of the memory probes, comma-separated (default "
+                   "8192, quick 64; 0 = none); several show how memory per row grows with N")
     p.add_argument("--memory-dim", type=int,
                    help="D of the memory probes (default: first of --dims)")
     p.add_argument("--memory-configs", default=None,
@@ -548,8 +570,9 @@ def parse_args(argv):
     args.repeats = args.repeats or (2 if q else 3)
     if args.min_time is None:
         args.min_time = 0.0 if q else 1.0
-    if args.memory_batch_size is None:
-        args.memory_batch_size = 64 if q else 8192
+    if args.memory_batch_sizes is None:
+        args.memory_batch_sizes = (64,) if q else (8192,)
+    args.memory_batch_sizes = tuple(b for b in args.memory_batch_sizes if b > 0)
     args.memory_dim = args.memory_dim or args.dims[0]
     if args.memory_configs is None:
         args.memory_configs = f"supcon:{args.modes[0]}" if q else ",".join(
@@ -593,30 +616,30 @@ def main(argv=None):
         "complete": False, "timings": [], "memory": [],
     }
     print(f"loss_kernels on {backend()}: {len(rows)} rows x {len(configs)} kernel/modes, "
-          f"then {len(args.memory_configs) if args.memory_batch_size else 0} memory probes",
+          f"then {len(args.memory_configs) * len(args.memory_batch_sizes)} memory probes",
           flush=True)
     previous = resumable_timings(args, results)
     start = time.perf_counter()
     # Memory probes first, while this process is small: it keeps the memory its
     # timings freed, and probes started beside a large process compete for RAM.
-    if args.memory_batch_size:
-        for j, (kernel, mode) in enumerate(args.memory_configs):
-            need = NXN_BUFFERS[kernel] * (VIEWS * args.memory_batch_size) ** 2 * 4
-            if need > 0.8 * available_memory_bytes():
-                entry = {"kernel": kernel, "mode": mode, "batch_size": args.memory_batch_size,
-                         "dim": args.memory_dim,
-                         "error": f"skipped: needs about {fmt_bytes(need)} "
-                                  f"({NXN_BUFFERS[kernel]:g} N x N float32)"}
-            else:
-                entry = run_memory_probe(kernel, mode, args.memory_batch_size, args.memory_dim,
-                                         args.memory_timeout)
-            results["memory"].append(entry)
-            save_results(NAME, results, command=command, results_dir=args.results_dir)
-            what = entry.get("error") or (f"{fmt_bytes(entry['bytes'])} "
-                                          f"({entry['nxn_buffers']:.2f} N x N float32)")
-            print(f"[memory {j + 1}/{len(args.memory_configs)}] {kernel} {mode} "
-                  f"B={args.memory_batch_size} D={args.memory_dim}: {what} | elapsed "
-                  f"{fmt_duration(time.perf_counter() - start)}", flush=True)
+    probes = [(k, m, b) for b in args.memory_batch_sizes for k, m in args.memory_configs]
+    for j, (kernel, mode, b) in enumerate(probes):
+        need = NXN_BUFFERS[kernel] * (VIEWS * b) ** 2 * 4
+        if need > 0.8 * available_memory_bytes():
+            entry = {"kernel": kernel, "mode": mode, "batch_size": b, "dim": args.memory_dim,
+                     "error": f"skipped: needs about {fmt_bytes(need)} "
+                              f"({NXN_BUFFERS[kernel]:g} N x N float32)"}
+        else:
+            entry = run_memory_probe(kernel, mode, b, args.memory_dim, args.memory_timeout)
+        if "bytes" in entry:
+            entry["bytes_per_row"] = entry["bytes"] / (VIEWS * b)
+        results["memory"].append(entry)
+        save_results(NAME, results, command=command, results_dir=args.results_dir)
+        what = entry.get("error") or (f"{fmt_bytes(entry['bytes'])} "
+                                      f"({entry['nxn_buffers']:.2f} N x N float32, "
+                                      f"{entry['bytes_per_row'] / 1024:.1f} KiB a row)")
+        print(f"[memory {j + 1}/{len(probes)}] {kernel} {mode} B={b} D={args.memory_dim}: "
+              f"{what} | elapsed {fmt_duration(time.perf_counter() - start)}", flush=True)
 
     est = Estimator(args.repeats, args.min_time)
     start = time.perf_counter()
@@ -653,12 +676,12 @@ def main(argv=None):
         save_results(NAME, results, command=command, results_dir=args.results_dir)
         elapsed = time.perf_counter() - start
         todo = [((k, m, p), bb, dd, None) for bb, dd, p in rows[i + 1:] for k, m in configs]
-        if args.memory_batch_size:  # one call each, plus ~10 s to start a process
-            todo += [((k, m, "float32"), args.memory_batch_size, args.memory_dim, 1)
-                     for k, m in args.memory_configs]
+        # memory probes: one call each, plus ~10 s to start a process
+        todo += [((k, m, "float32"), b, args.memory_dim, 1)
+                 for b in args.memory_batch_sizes for k, m in args.memory_configs]
         eta = est.remaining(todo, args.max_call_seconds)
-        if eta is not None and args.memory_batch_size:
-            eta += 10 * len(args.memory_configs)
+        if eta is not None:
+            eta += 10 * len(args.memory_configs) * len(args.memory_batch_sizes)
         eta = "?" if eta is None else fmt_duration(eta)
         print(f"[{i + 1}/{len(rows)}] B={b} D={d} {precision}: " + ", ".join(cells)
               + f" | elapsed {fmt_duration(elapsed)}, remaining ~{eta}", flush=True)
@@ -687,7 +710,9 @@ def _cell(t):
         return ""
     if t.get("seconds") is None:
         return "skipped" if t.get("skipped") else "failed"
-    ratio = f" ({t['ratio']:.1f}x)" if t.get("ratio") is not None else ""
+    ratio = ""
+    if t.get("mode_ratio") is not None:
+        ratio = f" ({'~' if t.get('mode_floor_extrapolated') else ''}{t['mode_ratio']:.2f}x)"
     return fmt_seconds(t["seconds"]) + ratio
 
 
@@ -719,40 +744,44 @@ def markdown(data):
         + ", ".join(f"{m} = {w}" for m, w in mode_words.items())
         + f". `mixed`: the embeddings arrive in the compute dtype of `{r['mixed_policy']}`, "
         "and the floor is computed in it. Each cell: median seconds per call and, in "
-        "brackets, the ratio to the faster floor of its row."
+        "brackets, the ratio to the floor of its row in the same mode (`~`: the floor "
+        "did not fit in memory; its time extrapolated as N^2 from the largest N it ran at)."
         + ("" if r.get("complete") else " **(partial run)**"),
         markdown_table(header, rows),
     ]
     memory = r.get("memory") or []
     if memory:
         mem_modes = [m for m in r["modes"] if any(e["mode"] == m for e in memory)]
-        mem_by = {(e["kernel"], e["mode"]): e for e in memory}
+        mem_by = {(e["kernel"], e["batch_size"], e["mode"]): e for e in memory}
         measures = {key: probe_measure(e) for key, e in mem_by.items() if not e.get("error")}
         kinds = list(dict.fromkeys(measures.values()))
+        sizes = sorted({e["batch_size"] for e in memory})
         mem_rows = []
         for k in r["kernels"]:
-            if not any((k, m) in mem_by for m in mem_modes):
-                continue
-            cells = []
-            for m in mem_modes:
-                e = mem_by.get((k, m))
-                if e is None:
-                    cells.append("")
-                elif e.get("error"):
-                    cells.append("failed: " + e["error"][:80])
-                else:
-                    tag = f" [{measures[(k, m)]}]" if len(kinds) > 1 else ""
-                    cells.append(f"{fmt_bytes(e['bytes'])} ({e['nxn_buffers']:.1f}x){tag}")
-            mem_rows.append([k] + cells)
+            for b in sizes:
+                if not any((k, b, m) in mem_by for m in mem_modes):
+                    continue
+                cells = []
+                for m in mem_modes:
+                    e = mem_by.get((k, b, m))
+                    if e is None:
+                        cells.append("")
+                    elif e.get("error"):
+                        cells.append("failed: " + e["error"][:80])
+                    else:
+                        tag = f" [{measures[(k, b, m)]}]" if len(kinds) > 1 else ""
+                        per_row = e["bytes"] / (VIEWS * b) / 1024
+                        cells.append(f"{fmt_bytes(e['bytes'])} ({e['nxn_buffers']:.2f}x, "
+                                     f"{per_row:.1f} KiB a row){tag}")
+                mem_rows.append([k, VIEWS * b] + cells)
         e0 = memory[0]
         source = "; ".join(f"{MEASURE_WORDS[m]} [{m}]" if len(kinds) > 1 else MEASURE_WORDS[m]
                            for m in kinds) or "no probe finished"
         parts += [
-            f"Memory of one float32 forward + backward at B = {e0['batch_size']} "
-            f"(N = {VIEWS * e0['batch_size']}), D = {e0['dim']}, each in a fresh process: "
-            f"{source}; in brackets, as a multiple of one N x N float32 buffer "
-            f"({fmt_bytes(e0['nxn_bytes'])}).",
-            markdown_table(["kernel"] + mem_modes, mem_rows),
+            f"Memory of one float32 forward + backward at D = {e0['dim']}, each in a fresh "
+            f"process: {source}; in brackets, as a multiple of one N x N float32 buffer and "
+            "per row of the batch.",
+            markdown_table(["kernel", "N"] + mem_modes, mem_rows),
         ]
     parts.append(f"*{machine_line(data['machine'])}; {data.get('date', '')}; "
                  f"`{data.get('command', '')}`*")

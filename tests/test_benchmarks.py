@@ -74,6 +74,9 @@ def test_quick_results_cover_every_configuration(quick_run):
         assert np.isfinite(t["loss"])
         floor = min(by_key[(b, d, p, "floor", mode)]["seconds"] for mode in r["modes"])
         assert t["ratio"] == pytest.approx(t["seconds"] / floor)
+        same_mode = by_key[(b, d, p, "floor", m)]["seconds"]
+        assert t["mode_ratio"] == pytest.approx(t["seconds"] / same_mode)
+        assert t["mode_floor_extrapolated"] is False
     for b in r["batch_sizes"]:
         for p in r["precisions"]:
             floors = [by_key[(b, r["dims"][0], p, "floor", m)]["ratio"] for m in r["modes"]]
@@ -175,6 +178,29 @@ def test_run_reports_a_failing_benchmark_and_keeps_the_others(quick_run, tmp_pat
     assert "BEGIN train_step" not in text
     with pytest.raises(SystemExit):
         bench_run.parse_args(["--only", "nonsense"])
+
+
+def test_ratios_against_the_floor_extrapolate_where_it_did_not_fit():
+    def row(kernel, mode, b, seconds):
+        return {"kernel": kernel, "mode": mode, "batch_size": b, "dim": 128,
+                "precision": "float32", "seconds": seconds}
+
+    timings = loss_kernels.add_ratios([
+        row("floor", "graph", 100, 1.0), row("floor", "xla", 100, 2.0),
+        row("floor", "graph", 200, 4.4), row("supcon", "xla", 100, 3.0),
+        row("supcon", "graph", 400, 20.0), row("supcon", "xla", 400, 40.0),
+        row("supcon", "graph", 50, 1.0), {**row("floor", "graph", 400, None), "skipped": "RAM"}])
+    by = {(t["kernel"], t["mode"], t["batch_size"]): t for t in timings}
+    assert by[("supcon", "xla", 100)]["ratio"] == pytest.approx(3.0)  # the faster floor
+    assert by[("supcon", "xla", 100)]["mode_ratio"] == pytest.approx(1.5)  # xla's own
+    # graph floor measured up to B = 200 (4.4 s): B = 400 is 4x that, 17.6 s
+    big = by[("supcon", "graph", 400)]
+    assert big["ratio"] is None and big["mode_floor_extrapolated"] is True
+    assert big["mode_ratio"] == pytest.approx(20.0 / 17.6)
+    assert by[("supcon", "xla", 400)]["mode_ratio"] == pytest.approx(40.0 / 32.0)
+    # below the smallest floor nothing is extrapolated
+    assert by[("supcon", "graph", 50)]["mode_ratio"] is None
+    assert "~1.14x" in loss_kernels._cell(big)
 
 
 def test_predicted_slow_configurations_are_skipped(tmp_path):

@@ -111,3 +111,91 @@ def test_default_block_rows_keeps_blocks_small():
     with pytest.raises(ValueError, match="mode must be one of"):
         kernel.similarity_softmax_loss(tf.ones((2, 2)), tf.constant([0, 1]), temperature=0.1,
                                        mode="cosine")
+
+
+@pytest.mark.parametrize("mode", kernel.MODES)
+def test_unknown_batch_size_and_xla_give_the_eager_loss(mode):
+    """A graph traced with an unknown batch dimension (one block) and an XLA-compiled
+    loop over blocks (padded: 15 rows in blocks of 4) give the eager loss and gradient."""
+    rng = np.random.default_rng(5)
+    z = tf.constant(rng.normal(size=(15, 6)), tf.float32)
+    labels = tf.constant(rng.integers(0, 3, size=15))
+
+    def value_and_grad(z, labels):
+        with tf.GradientTape() as tape:
+            tape.watch(z)
+            loss = _kernel_loss(z, labels, mode, 0.2, 4)
+        return loss, tape.gradient(loss, z)
+
+    expected = value_and_grad(z, labels)
+    unknown = tf.function(value_and_grad, input_signature=[
+        tf.TensorSpec([None, 6], tf.float32), tf.TensorSpec([None], tf.int64)])
+    for got in (unknown(z, labels), tf.function(value_and_grad, jit_compile=True)(z, labels)):
+        np.testing.assert_allclose(float(got[0]), float(expected[0]), rtol=1e-5)
+        np.testing.assert_allclose(got[1].numpy(), expected[1].numpy(), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", kernel.MODES)
+@pytest.mark.parametrize("low", ["bfloat16", "float16"])
+def test_low_precision_products_keep_float32_statistics(mode, low):
+    """With ``matmul_dtype`` the products take low-precision operands; the loss and the
+    gradients stay float32 and within the operands' round-off of the float64 reference."""
+    rng = np.random.default_rng(9)
+    shape = (16, 2, 8)
+    feats = rng.normal(size=shape)
+    labels = rng.integers(0, 4, size=shape[0])
+    x = tf.constant(feats.reshape(-1, shape[-1]), tf.float32)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        loss = kernel.similarity_softmax_loss(
+            l2_normalize(x), tf.constant(np.repeat(labels, 2)), temperature=0.5, mode=mode,
+            block_rows=12, matmul_dtype=low)
+    grad = tape.gradient(loss, x)
+    assert loss.dtype == tf.float32 and grad.dtype == tf.float32
+    ref = MODE_REFS[mode]
+    # bfloat16 keeps 8 significant bits (float16 11): similarities of unit vectors are off
+    # by up to ~2^-8 / T, and the loss and gradient by about as much.
+    eps = {"bfloat16": 2.0 ** -8, "float16": 2.0 ** -11}[low]
+    np.testing.assert_allclose(float(loss), ref(feats, labels, 0.5), rtol=0, atol=8 * eps)
+    expected = numeric_grad(lambda f: ref(f, labels, 0.5), feats)
+    np.testing.assert_allclose(grad.numpy().reshape(shape), expected, rtol=0,
+                               atol=8 * eps * np.abs(expected).max())
+
+
+def test_jax_backend_gives_the_reference_loss_and_gradient(tmp_path):
+    """Every mode on the JAX backend (float64, ``jax.value_and_grad`` under ``jit``): blocks
+    looped over and padded, several views, anchors without a positive, and 2 replicas'
+    shares summed, against the plain-loop float64 references."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    rng = np.random.default_rng(11)
+    cases = {  # name: (features, labels, block_rows, replicas)
+        "views2": (rng.normal(size=(7, 2, 3)), np.array([0, 1, 1, 2, 0, 2, 1]), 3, 1),
+        # one view: labels 1, 2 and 4 have a single image, so those anchors have no positive
+        "lonely": (rng.normal(size=(9, 1, 5)), np.array([0, 0, 1, 2, 3, 3, 4, 5, 5]), 2, 1),
+        "replicas": (rng.normal(size=(8, 1, 4)), np.array([0, 1, 2, 3, 0, 1, 2, 5]), 3, 2),
+    }
+    arrays = {}
+    for name, (feats, labels, block_rows, replicas) in cases.items():
+        arrays.update({f"{name}/features": feats, f"{name}/labels": labels,
+                       f"{name}/block_rows": block_rows, f"{name}/replicas": replicas})
+    np.savez(tmp_path / "cases.npz", **arrays)
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, str(root / "tests" / "jax_kernel.py"), str(tmp_path / "cases.npz"),
+         str(tmp_path / "out.npz")], env=dict(os.environ, KERAS_BACKEND="jax"), cwd=root,
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = np.load(tmp_path / "out.npz")
+    for name, (feats, labels, _, _) in cases.items():
+        for mode in kernel.MODES:
+            ref = MODE_REFS[mode]
+            assert str(out[f"{name}/{mode}/dtype"]) == "float64"
+            np.testing.assert_allclose(out[f"{name}/{mode}/loss"], ref(feats, labels, 0.3),
+                                       rtol=1e-9, atol=1e-12, err_msg=f"{name} {mode}")
+            expected = numeric_grad(lambda f: ref(f, labels, 0.3), feats)
+            np.testing.assert_allclose(out[f"{name}/{mode}/grad"], expected, rtol=1e-5,
+                                       atol=1e-7, err_msg=f"{name} {mode}")

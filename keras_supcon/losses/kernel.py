@@ -16,30 +16,46 @@ global batch and anchor ``i`` sits at row ``offset + i`` of it. With
   ``L_i = lse_i - sum_j Y_ij S_ij``; ``dL_i/dS_ij = softmax_ij - Y_ij``.
 
 The loss is the mean of ``L_i`` over the counted anchors (SupCon: anchors with
-a positive; npairs: all). Why a kernel rather than plain ``keras.ops`` autodiff:
+a positive; npairs: all). How it is computed:
 
-- the ``[n, m]`` matrices exist one block of rows at a time (``block_rows``
-  rows, a few MB that stay in cache), so memory is ``O(block * m)`` instead
-  of a handful of ``n x m`` float32 buffers;
-- the gradient is formed in the same pass as the loss (the block's softmax is
-  still in cache), so a forward + backward costs the three matrix products
-  of ``S = a c^T`` and its gradient (``G c`` and ``G^T a``), as the bare
-  ``sum(a @ a.T)`` does, plus cache-resident elementwise work. When only the
-  value is needed (evaluation), graph and XLA compilers drop the gradient ops.
+- **Row blocks in a loop.** The ``[n, m]`` matrices exist one block of
+  ``block_rows`` rows at a time, inside a compiled loop (``ops.fori_loop``: a
+  ``tf.while_loop`` / ``lax.fori_loop``), so one block is alive at any moment.
+  A block holds whole rows, so each row's log-sum-exp is complete within it and
+  nothing is recomputed. Memory: the inputs, their gradients and one block,
+  ``O(N * D + block_rows * m)``: with a fixed number of rows per block, a flat
+  number of bytes per row of the batch whatever ``N``.
+- **The gradient in the same pass.** The block's softmax gives ``dL/dS`` at
+  once, so a forward + backward costs the three matrix products of ``S = a c^T``
+  and of its gradient (``G c`` and ``G^T a``), as the bare ``sum(a @ a.T)``
+  does, plus elementwise work. Inf-CL (Wang et al. 2024) saves only per-row
+  statistics and recomputes each tile in the backward pass (a fourth product) to
+  keep memory flat with tiles narrower than a row; here the blocks hold whole
+  rows and the saved state is the gradient itself (``2 N D`` numbers), so the
+  memory is as flat without the fourth product. When only the value is needed
+  (evaluation), graph and XLA compilers drop the gradient work.
+- **Low precision in, float32 statistics.** With ``matmul_dtype`` (``bfloat16``
+  or ``float16``, the compute dtype of a mixed-precision policy) the three
+  products take operands in that dtype; the similarities are cast to the
+  statistics' dtype (float32, float64 for float64 inputs) before the
+  log-sum-exp, and the loss and the gradients are accumulated in it.
 """
+
+import math
 
 from keras import ops
 
 MODES = ("supcon_out", "supcon_in", "npairs")
 
-# Elements of one block of the similarity matrix (4 MiB of float32), a block
-# small enough to stay in a CPU core's cache while the loss and its gradient are formed.
+# Elements of one block of the similarity matrix (4 MiB of float32) while a block
+# has at least MIN_BLOCK_ROWS rows.
 BLOCK_ELEMENTS = 1 << 20
 # Fewest rows per block. XLA's CPU code for matrix products of few rows is far
 # slower than for larger ones: at N = 16384 (B = 8192) SupCon under XLA took
 # 7.0x the similarity-product floor with 64-row blocks, 2.18x with 128, 1.90x
 # with 256, 1.92x with 512 and 1.86x with 1024, while graph mode stayed at
-# 1.65x-1.80x (docs/performance.md, "XLA at B = 8192").
+# 1.65x-1.80x (docs/performance.md, "XLA at B = 8192"). From m = 2048 contrast
+# rows on, every block has these rows: the memory per row of the batch is flat.
 MIN_BLOCK_ROWS = 512
 
 
@@ -49,30 +65,28 @@ def default_block_rows(num_contrast):
     return max(MIN_BLOCK_ROWS, BLOCK_ELEMENTS // max(int(num_contrast), 1))
 
 
-def _row_blocks(n, block_rows):
-    """``[(start, stop), ...]`` covering ``range(n)``; one block if ``n`` is not static."""
-    if n is None:
-        return [(None, None)]
-    return [(s, min(s + block_rows, n)) for s in range(0, n, block_rows)]
+def _block_loss_and_grad(s, same, not_self, valid, mode):
+    """Per-row loss ``[r]`` and counted-row weights ``[r]`` (both zero on rows that are
+    not ``valid``, i.e. padding) and ``dL_i/dS`` ``[r, m]`` of one block.
 
-
-def _block_loss_and_grad(s, same, not_self, mode):
-    """Per-row loss ``[r]``, counted-row weights ``[r]`` and ``dL_i/dS`` ``[r, m]`` of one block."""
+    Each ``[r, m]`` operation is a pass over the block (graph mode fuses none), so the
+    gradient is formed as ``e * (w / sum e) - targets * (w / ...)`` with per-row factors:
+    three passes where ``(softmax - targets) * w`` takes four."""
     dtype = s.dtype
+    valid = ops.expand_dims(ops.cast(valid, dtype), 1)
     if mode == "npairs":
         row_max = ops.max(s, axis=1, keepdims=True)
         e = ops.exp(s - row_max)
         targets = ops.cast(same, dtype)
-        num_same = ops.sum(targets, axis=1, keepdims=True)
-        targets = targets / num_same
+        # (at least 1: a row's own column; padding rows may match nothing)
+        num_same = ops.maximum(ops.sum(targets, axis=1, keepdims=True), 1.0)
         denominator = ops.sum(e, axis=1, keepdims=True)
-        lse = ops.log(denominator) + row_max
-        per_row = ops.squeeze(lse, 1) - ops.sum(targets * s, axis=1)
-        grad = e / denominator - targets
-        return per_row, ops.ones_like(per_row), grad
+        per_row = (ops.log(denominator) + row_max
+                   - ops.sum(targets * s, axis=1, keepdims=True) / num_same)
+        grad = e * (valid / denominator) - targets * (valid / num_same)
+        return ops.squeeze(per_row * valid, 1), ops.squeeze(valid, 1), grad
 
-    positive = ops.logical_and(same, not_self)
-    pos = ops.cast(positive, dtype)
+    pos = ops.cast(ops.logical_and(same, not_self), dtype)
     num_pos = ops.sum(pos, axis=1, keepdims=True)
     # The self term is left out of the softmax with where(), not by multiplying
     # exp() by zero: exp(1/T - max) overflows at low temperatures and inf * 0 is NaN.
@@ -80,30 +94,30 @@ def _block_loss_and_grad(s, same, not_self, mode):
     row_max = ops.max(others, axis=1, keepdims=True)
     e = ops.exp(others - row_max)
     denominator = ops.sum(e, axis=1, keepdims=True)
-    softmax = e / denominator
     safe_num_pos = ops.maximum(num_pos, 1.0)
-    has_pos = ops.cast(num_pos > 0, dtype)
+    counted = ops.cast(num_pos > 0, dtype) * valid
     if mode == "supcon_out":
         per_row = (ops.log(denominator) + row_max
                    - ops.sum(pos * s, axis=1, keepdims=True) / safe_num_pos)
-        grad = softmax - pos / safe_num_pos
+        grad = e * (counted / denominator) - pos * (counted / safe_num_pos)
     else:
         pos_e = pos * e
         # Rows without positives get sum 1 (log 0 avoided); they are not counted.
         # exp(-row_max) cancels between the two logs.
-        pos_sum = ops.sum(pos_e, axis=1, keepdims=True) + (1.0 - has_pos)
+        pos_sum = ops.sum(pos_e, axis=1, keepdims=True) + (1.0 - ops.cast(num_pos > 0, dtype))
         per_row = ops.log(denominator) - ops.log(pos_sum / safe_num_pos)
-        grad = softmax - pos_e / pos_sum
-    has_pos = ops.squeeze(has_pos, 1)
-    return ops.squeeze(per_row, 1) * has_pos, has_pos, grad * ops.expand_dims(has_pos, 1)
+        grad = e * (counted / denominator) - pos_e * (counted / pos_sum)
+    return ops.squeeze(per_row * counted, 1), ops.squeeze(counted, 1), grad
 
 
 def similarity_softmax_loss(anchors, anchor_labels, contrast=None, contrast_labels=None, *,
-                            temperature, mode, offset=0, count_fn=None, block_rows=None):
+                            temperature, mode, offset=0, count_fn=None, block_rows=None,
+                            matmul_dtype=None):
     """Mean per-anchor loss of ``mode`` (see the module docstring).
 
     Args:
-        anchors: ``[n, D]`` L2-normalised embeddings (float32 or float64).
+        anchors: ``[n, D]`` L2-normalised embeddings (float32 or float64: the
+            dtype of the statistics, the loss and the gradients).
         anchor_labels: ``[n]`` integer labels.
         contrast, contrast_labels: the ``[m, D]`` set the anchors are compared
             with and its labels; ``None`` means the anchors themselves.
@@ -115,7 +129,9 @@ def similarity_softmax_loss(anchors, anchor_labels, contrast=None, contrast_labe
             mean divides by (across replicas: the sum over replicas, so that
             each replica returns its share of the global mean).
         block_rows: rows of the similarity matrix formed at once; default
-            :func:`default_block_rows`.
+            :func:`default_block_rows`. ``n`` is padded to a whole number of blocks.
+        matmul_dtype: dtype of the matrix products' operands (e.g. ``"bfloat16"``);
+            default that of ``anchors``.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}; got {mode!r}.")
@@ -123,38 +139,61 @@ def similarity_softmax_loss(anchors, anchor_labels, contrast=None, contrast_labe
     if shared:
         contrast, contrast_labels = anchors, anchor_labels
     dtype = anchors.dtype
+    product_dtype = matmul_dtype or dtype
     inv_t = 1.0 / float(temperature)
-    n, m = anchors.shape[0], contrast.shape[0]
-    block_rows = block_rows or default_block_rows(m or 1)
-    anchor_labels = ops.reshape(anchor_labels, (-1, 1))
+    n, m, width = anchors.shape[0], contrast.shape[0], anchors.shape[1]
+    rows = block_rows or default_block_rows(m or 1)
+    # One block when the batch is small or its size is not static (TensorFlow graphs
+    # traced with an unknown batch dimension).
+    blocks = 1 if n is None or n <= rows else math.ceil(n / rows)
+    anchor_labels = ops.reshape(anchor_labels, (-1,))
     contrast_labels = ops.reshape(contrast_labels, (1, -1))
 
     @ops.custom_gradient
     def kernel(a, c):
         # convert_to_tensor(dtype=...), not cast(): cast() would round 1/T to float32 first.
         inv_t_tensor = ops.convert_to_tensor(inv_t, dtype=dtype)
-        a_scaled = a * inv_t_tensor
+        a_scaled = ops.cast(a * inv_t_tensor, product_dtype)
+        c_product = ops.cast(c, product_dtype)
+        c_t = ops.transpose(c_product)  # once, outside the loop
         columns = ops.expand_dims(ops.arange(ops.shape(c)[0]), 0)
-        c_t = ops.transpose(c)  # once: a transpose per block would all run at the start
-        total = ops.zeros((), dtype)
-        count = ops.zeros((), dtype)
-        grad_a, grad_c = [], None
-        for start, stop in _row_blocks(n, block_rows):
-            a_block = a_scaled[start:stop]
-            s = ops.matmul(a_block, c_t)
-            same = ops.equal(anchor_labels[start:stop], contrast_labels)
-            rows = ops.arange(ops.shape(a_block)[0]) + (offset + (start or 0))
-            not_self = ops.not_equal(ops.expand_dims(rows, 1), columns)
-            per_row, counted, g = _block_loss_and_grad(s, same, not_self, mode)
-            total = total + ops.sum(per_row)
-            count = count + ops.sum(counted)
+
+        def block(a_block, labels, first):
+            """Loss sum, count and the two gradients of the rows from ``first`` on."""
+            s = ops.cast(ops.matmul(a_block, c_t), dtype)
+            same = ops.equal(ops.expand_dims(labels, 1), contrast_labels)
+            index = ops.arange(ops.shape(a_block)[0]) + first
+            not_self = ops.not_equal(ops.expand_dims(index + offset, 1), columns)
+            valid = index < (n if n is not None else ops.shape(a)[0])
+            per_row, counted, g = _block_loss_and_grad(s, same, not_self, valid, mode)
+            g = ops.cast(g, product_dtype)
             # dS/da = c / T and dS/dc = a / T: a_scaled already carries the 1/T.
-            grad_a.append(ops.matmul(g, c) * inv_t_tensor)
-            g_c = ops.matmul(ops.transpose(g), a_block)
-            grad_c = g_c if grad_c is None else grad_c + g_c
+            return (ops.sum(per_row), ops.sum(counted),
+                    ops.cast(ops.matmul(g, c_product), dtype) * inv_t_tensor,
+                    ops.cast(ops.matmul(ops.transpose(g), a_block), dtype))
+
+        if blocks == 1:
+            total, count, grad_a, grad_c = block(a_scaled, anchor_labels, 0)
+        else:
+            padded = blocks * rows - n  # zero rows, masked out by `valid`
+            a_padded = ops.pad(a_scaled, [[0, padded], [0, 0]])
+            labels_padded = ops.pad(anchor_labels, [[0, padded]])
+
+            def body(i, carry):
+                total, count, grad_a, grad_c = carry
+                first = i * rows
+                t, k, g_a, g_c = block(ops.slice(a_padded, [first, 0], [rows, width]),
+                                       ops.slice(labels_padded, [first], [rows]), first)
+                return (total + t, count + k, ops.slice_update(grad_a, [first, 0], g_a),
+                        grad_c + g_c)
+
+            zero = ops.zeros((), dtype)
+            init = (zero, zero, ops.zeros((blocks * rows, width), dtype),
+                    ops.zeros((m, width), dtype))
+            total, count, grad_a, grad_c = ops.fori_loop(0, blocks, body, init)
+            grad_a = grad_a[:n]
         count = ops.stop_gradient(count if count_fn is None else count_fn(count))
         norm = 1.0 / ops.maximum(count, 1.0)
-        grad_a = ops.concatenate(grad_a, axis=0) if len(grad_a) > 1 else grad_a[0]
 
         def grad(upstream):
             factor = ops.cast(upstream, dtype) * norm
@@ -168,12 +207,14 @@ def similarity_softmax_loss(anchors, anchor_labels, contrast=None, contrast_labe
     return kernel(anchors, contrast)
 
 
-def batch_softmax_loss(z, labels, *, temperature, mode, ids_per=None, block_rows=None):
+def batch_softmax_loss(z, labels, *, temperature, mode, ids_per=None, block_rows=None,
+                       matmul_dtype=None):
     """:func:`similarity_softmax_loss` of a batch ``z [n, D]`` (normalised here)
     against the global batch (:func:`~keras_supcon.losses.replicas.global_batch`:
     the batch itself on one device).
 
     ``ids_per``: ``labels`` are image ids repeated ``ids_per`` times (SimCLR).
+    ``matmul_dtype``: see :func:`similarity_softmax_loss`.
     """
     from keras_supcon.losses.replicas import global_batch
     from keras_supcon.losses.similarity import l2_normalize
@@ -181,4 +222,5 @@ def batch_softmax_loss(z, labels, *, temperature, mode, ids_per=None, block_rows
     batch = global_batch(l2_normalize(z), labels, ids_per=ids_per)
     return similarity_softmax_loss(batch.rows, batch.labels, batch.all_rows, batch.all_labels,
                                    temperature=temperature, mode=mode, offset=batch.offset,
-                                   count_fn=batch.replicas.sum, block_rows=block_rows)
+                                   count_fn=batch.replicas.sum, block_rows=block_rows,
+                                   matmul_dtype=matmul_dtype)

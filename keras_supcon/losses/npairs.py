@@ -18,6 +18,7 @@ from keras_supcon.losses.similarity import (
     check_temperature,
     flatten_views,
     label_equality,
+    product_dtype,
 )
 
 
@@ -48,7 +49,8 @@ class NPairsLoss(keras.losses.Loss):
 
     def call(self, y_true, y_pred):
         z, labels, _ = flatten_views(y_pred, y_true)
-        return batch_softmax_loss(z, labels, temperature=self.temperature, mode="npairs")
+        return batch_softmax_loss(z, labels, temperature=self.temperature, mode="npairs",
+                                  matmul_dtype=product_dtype(y_pred))
 
     def get_config(self):
         config = super().get_config()
