@@ -56,11 +56,19 @@ from benchmarks.common import (
 
 NAME = "loss_kernels"
 KERNELS = ("floor", "supcon", "npairs", "naive")
-# Peak memory of one forward + backward in N x N float32 buffers (measured by the
-# memory probes at B = 1024-2048; the kernels hold one block): a configuration whose
-# estimate exceeds the memory available is skipped, not run into the OOM killer
-# (the first full run lost its B = 8192 rows that way, to the naive kernel).
-NXN_BUFFERS = {"floor": 3.0, "supcon": 1.0, "npairs": 1.0, "naive": 16.0}
+# Peak memory of one forward + backward: N x N float32 buffers (measured by the memory
+# probes at B = 1024-2048) plus bytes per row (the kernels: their blocks scale with N, at
+# most 18.5 KiB a row measured, 64 KiB assumed). A configuration whose estimate exceeds
+# the memory available is skipped, not run into the OOM killer (the first full run lost
+# its B = 8192 rows that way, to the naive kernel).
+NXN_BUFFERS = {"floor": 3.0, "supcon": 0.0, "npairs": 0.0, "naive": 16.0}
+ROW_BYTES = {"floor": 0, "supcon": 65536, "npairs": 65536, "naive": 0}
+
+
+def estimated_bytes(kernel, batch_size):
+    """The peak memory :data:`NXN_BUFFERS` and :data:`ROW_BYTES` predict for ``kernel``."""
+    n = VIEWS * batch_size
+    return NXN_BUFFERS[kernel] * n * n * 4 + ROW_BYTES[kernel] * n
 MODES = ("graph", "xla")
 PRECISIONS = ("float32", "mixed")
 VIEWS = 2
@@ -624,11 +632,10 @@ def main(argv=None):
     # timings freed, and probes started beside a large process compete for RAM.
     probes = [(k, m, b) for b in args.memory_batch_sizes for k, m in args.memory_configs]
     for j, (kernel, mode, b) in enumerate(probes):
-        need = NXN_BUFFERS[kernel] * (VIEWS * b) ** 2 * 4
+        need = estimated_bytes(kernel, b)
         if need > 0.8 * available_memory_bytes():
             entry = {"kernel": kernel, "mode": mode, "batch_size": b, "dim": args.memory_dim,
-                     "error": f"skipped: needs about {fmt_bytes(need)} "
-                              f"({NXN_BUFFERS[kernel]:g} N x N float32)"}
+                     "error": f"skipped: needs about {fmt_bytes(need)}"}
         else:
             entry = run_memory_probe(kernel, mode, b, args.memory_dim, args.memory_timeout)
         if "bytes" in entry:
@@ -650,14 +657,13 @@ def main(argv=None):
             entry = {"batch_size": b, "n": VIEWS * b, "dim": d, "precision": precision,
                      "dtype": precision_dtype(precision), "kernel": kernel, "mode": mode}
             predicted = est.per_call(key, b, d)
-            need = NXN_BUFFERS[kernel] * (VIEWS * b) ** 2 * 4
+            need = estimated_bytes(kernel, b)
             done = previous.get((b, d, precision, kernel, mode))
             if done is not None:
                 entry = done
             elif need > 0.8 * available_memory_bytes():
                 entry.update(seconds=None,
-                             skipped=f"needs about {fmt_bytes(need)} "
-                                     f"({NXN_BUFFERS[kernel]:g} N x N float32), more than "
+                             skipped=f"needs about {fmt_bytes(need)}, more than "
                                      f"this machine has free")
             elif predicted is not None and predicted > args.max_call_seconds:
                 entry.update(seconds=None,
