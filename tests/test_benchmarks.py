@@ -142,7 +142,7 @@ def test_markdown_renders_times_memory_and_gaps(quick_run):
     for k in loss_kernels.KERNELS:
         for m in loss_kernels.MODES:
             assert f"| {k} {m} " in header + " "
-    assert "(1.0x)" in text and "N x N float32" in text and "| supcon |" in text
+    assert "(1.00x)" in text and "N x N float32" in text and "| supcon |" in text
     assert data["machine"]["cpu"] in text
     # skipped / failed configurations and a failed probe still render
     data = json.loads(json.dumps(data))

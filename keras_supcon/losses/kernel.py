@@ -132,6 +132,56 @@ def _loop(steps, body, init):
                                (tf.constant(0), tuple(init)), parallel_iterations=2)[1])
 
 
+def _summed_loss_and_grads(a, c, anchor_labels, contrast_labels, *, inv_t, mode, offset,
+                           rows, product_dtype):
+    """``(sum of L_i, number of counted anchors, dSum/da, dSum/dc)`` of anchors ``a``
+    against ``c``, ``rows`` anchors at a time (one block when ``a`` has at most ``rows``
+    rows or its number of rows is not static, e.g. a TensorFlow graph traced with an
+    unknown batch dimension; else a loop over blocks, ``a`` padded with zero rows)."""
+    dtype = a.dtype
+    product_dtype = product_dtype or dtype
+    n, m, width = a.shape[0], c.shape[0], a.shape[1]
+    blocks = 1 if n is None or n <= rows else math.ceil(n / rows)
+    # convert_to_tensor(dtype=...), not cast(): cast() would round 1/T to float32 first.
+    inv_t_tensor = ops.convert_to_tensor(inv_t, dtype=dtype)
+    a_scaled = ops.cast(a * inv_t_tensor, product_dtype)
+    c_product = ops.cast(c, product_dtype)
+    c_t = ops.transpose(c_product)  # once, outside the loop
+    columns = ops.expand_dims(ops.arange(ops.shape(c)[0]), 0)
+
+    def block(a_block, labels, first):
+        """Loss sum, count and the two gradients of the rows from ``first`` on."""
+        s = ops.cast(ops.matmul(a_block, c_t), dtype)
+        same = ops.equal(ops.expand_dims(labels, 1), contrast_labels)
+        index = ops.arange(ops.shape(a_block)[0]) + first
+        not_self = ops.not_equal(ops.expand_dims(index + offset, 1), columns)
+        valid = index < (n if n is not None else ops.shape(a)[0])
+        per_row, counted, g = _block_loss_and_grad(s, same, not_self, valid, mode)
+        g = ops.cast(g, product_dtype)
+        # dS/da = c / T and dS/dc = a / T: a_scaled already carries the 1/T.
+        return (ops.sum(per_row), ops.sum(counted),
+                ops.cast(ops.matmul(g, c_product), dtype) * inv_t_tensor,
+                ops.cast(ops.matmul(ops.transpose(g), a_block), dtype))
+
+    if blocks == 1:
+        return block(a_scaled, anchor_labels, 0)
+    padded = blocks * rows - n  # zero rows, masked out by `valid`
+    a_padded = ops.pad(a_scaled, [[0, padded], [0, 0]])
+    labels_padded = ops.pad(anchor_labels, [[0, padded]])
+
+    def body(i, carry):
+        total, count, grad_a, grad_c = carry
+        first = i * rows
+        t, k, g_a, g_c = block(ops.slice(a_padded, [first, 0], [rows, width]),
+                               ops.slice(labels_padded, [first], [rows]), first)
+        return (total + t, count + k, ops.slice_update(grad_a, [first, 0], g_a), grad_c + g_c)
+
+    zero = ops.zeros((), dtype)
+    init = (zero, zero, ops.zeros((blocks * rows, width), dtype), ops.zeros((m, width), dtype))
+    total, count, grad_a, grad_c = _loop(blocks, body, init)
+    return total, count, grad_a[:n], grad_c
+
+
 def similarity_softmax_loss(anchors, anchor_labels, contrast=None, contrast_labels=None, *,
                             temperature, mode, offset=0, count_fn=None, block_rows=None,
                             matmul_dtype=None):
@@ -161,59 +211,16 @@ def similarity_softmax_loss(anchors, anchor_labels, contrast=None, contrast_labe
     if shared:
         contrast, contrast_labels = anchors, anchor_labels
     dtype = anchors.dtype
-    product_dtype = matmul_dtype or dtype
     inv_t = 1.0 / float(temperature)
-    n, m, width = anchors.shape[0], contrast.shape[0], anchors.shape[1]
-    rows = block_rows or default_block_rows(m or 1)
-    # One block when the batch is small or its size is not static (TensorFlow graphs
-    # traced with an unknown batch dimension).
-    blocks = 1 if n is None or n <= rows else math.ceil(n / rows)
+    m = contrast.shape[0]
     anchor_labels = ops.reshape(anchor_labels, (-1,))
     contrast_labels = ops.reshape(contrast_labels, (1, -1))
 
     @ops.custom_gradient
     def kernel(a, c):
-        # convert_to_tensor(dtype=...), not cast(): cast() would round 1/T to float32 first.
-        inv_t_tensor = ops.convert_to_tensor(inv_t, dtype=dtype)
-        a_scaled = ops.cast(a * inv_t_tensor, product_dtype)
-        c_product = ops.cast(c, product_dtype)
-        c_t = ops.transpose(c_product)  # once, outside the loop
-        columns = ops.expand_dims(ops.arange(ops.shape(c)[0]), 0)
-
-        def block(a_block, labels, first):
-            """Loss sum, count and the two gradients of the rows from ``first`` on."""
-            s = ops.cast(ops.matmul(a_block, c_t), dtype)
-            same = ops.equal(ops.expand_dims(labels, 1), contrast_labels)
-            index = ops.arange(ops.shape(a_block)[0]) + first
-            not_self = ops.not_equal(ops.expand_dims(index + offset, 1), columns)
-            valid = index < (n if n is not None else ops.shape(a)[0])
-            per_row, counted, g = _block_loss_and_grad(s, same, not_self, valid, mode)
-            g = ops.cast(g, product_dtype)
-            # dS/da = c / T and dS/dc = a / T: a_scaled already carries the 1/T.
-            return (ops.sum(per_row), ops.sum(counted),
-                    ops.cast(ops.matmul(g, c_product), dtype) * inv_t_tensor,
-                    ops.cast(ops.matmul(ops.transpose(g), a_block), dtype))
-
-        if blocks == 1:
-            total, count, grad_a, grad_c = block(a_scaled, anchor_labels, 0)
-        else:
-            padded = blocks * rows - n  # zero rows, masked out by `valid`
-            a_padded = ops.pad(a_scaled, [[0, padded], [0, 0]])
-            labels_padded = ops.pad(anchor_labels, [[0, padded]])
-
-            def body(i, carry):
-                total, count, grad_a, grad_c = carry
-                first = i * rows
-                t, k, g_a, g_c = block(ops.slice(a_padded, [first, 0], [rows, width]),
-                                       ops.slice(labels_padded, [first], [rows]), first)
-                return (total + t, count + k, ops.slice_update(grad_a, [first, 0], g_a),
-                        grad_c + g_c)
-
-            zero = ops.zeros((), dtype)
-            init = (zero, zero, ops.zeros((blocks * rows, width), dtype),
-                    ops.zeros((m, width), dtype))
-            total, count, grad_a, grad_c = _loop(blocks, body, init)
-            grad_a = grad_a[:n]
+        total, count, grad_a, grad_c = _summed_loss_and_grads(
+            a, c, anchor_labels, contrast_labels, inv_t=inv_t, mode=mode, offset=offset,
+            rows=block_rows or default_block_rows(m or 1), product_dtype=matmul_dtype)
         count = ops.stop_gradient(count if count_fn is None else count_fn(count))
         norm = 1.0 / ops.maximum(count, 1.0)
 
