@@ -115,7 +115,7 @@ def _loop(steps, body, init):
 
     TensorFlow's ``while_loop`` runs up to 10 iterations at once by default
     (``parallel_iterations``), each holding its block, and Keras' ``fori_loop`` does not
-    let us change it: at N = 65536 graph mode held 36.5 KiB a row against 11-15 KiB at
+    let us change it: at N = 65536 graph mode held 36.5 KiB a row against 15-16 KiB at
     N = 4096-16384. Two at once keeps it flat (18.0 KiB a row at N = 16384 and 65536)
     and lets one block's elementwise work overlap the next one's products: SupCon at
     B = 8192 took 1.51x the floor, against 1.67x with one at a time and 1.59x with 10
