@@ -18,7 +18,6 @@ from keras_supcon.losses.similarity import (
     check_temperature,
     flatten_views,
     label_equality,
-    product_dtype,
 )
 
 
@@ -49,8 +48,7 @@ class NPairsLoss(keras.losses.Loss):
 
     def call(self, y_true, y_pred):
         z, labels, _ = flatten_views(y_pred, y_true)
-        return batch_softmax_loss(z, labels, temperature=self.temperature, mode="npairs",
-                                  matmul_dtype=product_dtype(y_pred))
+        return batch_softmax_loss(z, labels, temperature=self.temperature, mode="npairs")
 
     def get_config(self):
         config = super().get_config()

@@ -16,19 +16,6 @@ def compute_dtype(x):
     return "float32"
 
 
-# Float dtypes whose similarity products run in that dtype (a mixed-precision policy's
-# compute dtype); the loss's statistics stay float32.
-LOW_PRECISION = ("bfloat16", "float16")
-
-
-def product_dtype(x):
-    """The dtype of ``x`` where it is a low-precision float (:data:`LOW_PRECISION`), for
-    the operands of the similarity products; None otherwise (float32 or float64 products)."""
-    dtype = getattr(x, "dtype", None)
-    dtype = keras.backend.standardize_dtype(dtype) if dtype is not None else None
-    return dtype if dtype in LOW_PRECISION else None
-
-
 def as_float_tensor(x):
     """``x`` as a float32 tensor, or float64 if it already is float64."""
     return ops.convert_to_tensor(x, dtype=compute_dtype(x))
@@ -40,8 +27,7 @@ def flatten_views(features, labels=None):
     Anchors are ordered sample-major (image 0 view 0, image 0 view 1, ...), and
     each label is repeated once per view. Features are cast to float32 (float64
     stays float64): normalisation, statistics and gradients are computed in full
-    precision under mixed precision (the similarity products of the kernel may take
-    the policy's dtype, see :func:`product_dtype`).
+    precision under mixed precision.
     """
     features = as_float_tensor(features)
     rank = len(features.shape)

@@ -27,7 +27,7 @@ import keras
 from keras import ops
 
 from keras_supcon.losses.kernel import batch_softmax_loss
-from keras_supcon.losses.similarity import check_temperature, flatten_views, product_dtype
+from keras_supcon.losses.similarity import check_temperature, flatten_views
 
 VARIANTS = ("out", "in")
 
@@ -50,7 +50,6 @@ def supcon_loss(features, labels=None, *, temperature=0.1, variant="out"):
     temperature = check_temperature(temperature)
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}; got {variant!r}.")
-    products = product_dtype(features)
     z, labels, views = flatten_views(features, labels)
     ids_per = None
     if labels is None:
@@ -63,7 +62,7 @@ def supcon_loss(features, labels=None, *, temperature=0.1, variant="out"):
         labels = ops.repeat(ops.arange(num_images), views)
         ids_per = views
     return batch_softmax_loss(z, labels, temperature=temperature, mode=f"supcon_{variant}",
-                              ids_per=ids_per, matmul_dtype=products)
+                              ids_per=ids_per)
 
 
 @keras.saving.register_keras_serializable(package="keras_supcon")
