@@ -95,7 +95,8 @@ def _block_loss_and_grad(s, same, not_self, valid, mode):
     e = ops.exp(others - row_max)
     denominator = ops.sum(e, axis=1, keepdims=True)
     safe_num_pos = ops.maximum(num_pos, 1.0)
-    counted = ops.cast(num_pos > 0, dtype) * valid
+    has_pos = ops.cast(num_pos > 0, dtype)
+    counted = has_pos * valid
     if mode == "supcon_out":
         per_row = (ops.log(denominator) + row_max
                    - ops.sum(pos * s, axis=1, keepdims=True) / safe_num_pos)
@@ -104,7 +105,7 @@ def _block_loss_and_grad(s, same, not_self, valid, mode):
         pos_e = pos * e
         # Rows without positives get sum 1 (log 0 avoided); they are not counted.
         # exp(-row_max) cancels between the two logs.
-        pos_sum = ops.sum(pos_e, axis=1, keepdims=True) + (1.0 - ops.cast(num_pos > 0, dtype))
+        pos_sum = ops.sum(pos_e, axis=1, keepdims=True) + (1.0 - has_pos)
         per_row = ops.log(denominator) - ops.log(pos_sum / safe_num_pos)
         grad = e * (counted / denominator) - pos_e * (counted / pos_sum)
     return ops.squeeze(per_row * counted, 1), ops.squeeze(counted, 1), grad
