@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from test_losses import LABEL_PATTERNS, numeric_grad, ref_npairs, ref_supcon
-from tolerances import F64
+from tolerances import EPS32, F64
 
 from keras_supcon.losses import kernel
 from keras_supcon.losses.similarity import l2_normalize
@@ -200,3 +200,28 @@ def test_jax_backend_gives_the_reference_loss_and_gradient(tmp_path):
             expected = numeric_grad(lambda f: ref(f, labels, 0.3), feats)
             np.testing.assert_allclose(out[f"{name}/{mode}/grad"], expected, rtol=1e-5,
                                        atol=1e-7, err_msg=f"{name} {mode}")
+
+
+@pytest.mark.parametrize("mode", kernel.MODES)
+@pytest.mark.parametrize("temperature", [0.024, 0.026])
+def test_float32_either_side_of_the_unshifted_limit(mode, temperature):
+    """Up to 1/T = UNSHIFTED_MAX_INV_T rows are not shifted by their maximum before exp();
+    on both sides, float32 rows near copies of each other (similarities near 1/T, where
+    exp() is largest) keep the float64 reference's loss and gradient."""
+    assert 1 / 0.026 < kernel.UNSHIFTED_MAX_INV_T < 1 / 0.024
+    rng = np.random.default_rng(12)
+    shape = (10, 2, 6)
+    feats = (rng.normal(size=(3, 1, 6))[rng.integers(0, 3, size=shape[0])]
+             + 0.02 * rng.normal(size=shape))
+    labels = rng.integers(0, 3, size=shape[0])
+    x = tf.constant(feats.reshape(-1, shape[-1]), tf.float32)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        loss = _kernel_loss(x, tf.constant(np.repeat(labels, 2)), mode, temperature, 8)
+    grad = tape.gradient(loss, x).numpy().reshape(shape)
+    ref = MODE_REFS[mode]
+    # Similarities of order 1/T carry float32 round-off of about EPS32 / T each.
+    atol = 64 * EPS32 / temperature
+    np.testing.assert_allclose(float(loss), ref(feats, labels, temperature), rtol=0, atol=atol)
+    expected = numeric_grad(lambda f: ref(f, labels, temperature), feats)
+    np.testing.assert_allclose(grad, expected, rtol=0, atol=atol * np.abs(expected).max())

@@ -18,22 +18,35 @@ global batch and anchor ``i`` sits at row ``offset + i`` of it. With
 The loss is the mean of ``L_i`` over the counted anchors (SupCon: anchors with
 a positive; npairs: all). How it is computed:
 
-- **Row blocks in a loop.** The ``[n, m]`` matrices exist one block of
-  ``block_rows`` rows at a time, inside a compiled loop (``lax.fori_loop``; a
-  ``tf.while_loop`` with two iterations in flight), so one or two blocks are alive.
-  A block holds whole rows, so each row's log-sum-exp is complete within it and
-  nothing is recomputed. Memory: the inputs, their gradients and one block,
-  ``O(N * D + block_rows * m)``: with a fixed number of rows per block, a flat
-  number of bytes per row of the batch whatever ``N``.
-- **The gradient in the same pass.** The block's softmax gives ``dL/dS`` at
-  once, so a forward + backward costs the three matrix products of ``S = a c^T``
-  and of its gradient (``G c`` and ``G^T a``), as the bare ``sum(a @ a.T)``
-  does, plus elementwise work. Inf-CL (Wang et al. 2024) saves only per-row
+- **The positives from per-class sums.** In SupCon (out) and npairs the targets'
+  part of ``L_i``, ``-sum_j Y_ij S_ij`` with ``Y_ij = P_ij / |P_i|``, is linear in
+  ``S``: it is ``-a_i . C_i / (T |P_i|)`` with ``C_i`` the sum of the contrast rows of
+  anchor ``i``'s class (less its own row for SupCon). Per-class sums of the rows
+  (labels made class ids by sorting; ``segment_sum``) give it and both of its
+  gradients in ``O((n + m) D)``, so no ``[n, m]`` label matrix is ever formed for
+  them. Only SupCon (in), whose positives sit inside a logarithm, forms the block's
+  positives.
+- **Row blocks in a loop.** The softmax part, ``lse_i`` and its gradient
+  ``softmax_ij``, exists one block of ``block_rows`` rows at a time, inside a
+  compiled loop (``lax.fori_loop``; a ``tf.while_loop`` with two iterations in
+  flight), so one or two blocks are alive. A block holds whole rows, so each row's
+  log-sum-exp is complete within it and nothing is recomputed. Memory: the inputs,
+  their gradients and one block, ``O(N * D + block_rows * m)``: with a fixed number
+  of rows per block, a flat number of bytes per row of the batch whatever ``N``.
+- **The gradient in the same pass, few passes over a block.** The block's softmax
+  gives ``dL/dS`` at once, so a forward + backward costs the three matrix products of
+  ``S = a c^T`` and of its gradient (``G c`` and ``G^T a``), as the bare
+  ``sum(a @ a.T)`` does, plus elementwise work, which TensorFlow's graph mode runs
+  one pass over the block per operation: the row's own column masked (a scatter of
+  one element per row), ``exp``, the row sums. ``G = f * H`` with one factor per row,
+  applied to the ``[r, D]`` side of the products; rows are shifted by their maximum
+  before ``exp`` only at temperatures where ``exp`` could overflow
+  (:data:`UNSHIFTED_MAX_INV_T`). Inf-CL (Wang et al. 2024) saves only per-row
   statistics and recomputes each tile in the backward pass (a fourth product) to
-  keep memory flat with tiles narrower than a row; here the blocks hold whole
-  rows and the saved state is the gradient itself (``2 N D`` numbers), so the
-  memory is as flat without the fourth product. When only the value is needed
-  (evaluation), graph and XLA compilers drop the gradient work.
+  keep memory flat with tiles narrower than a row; here the blocks hold whole rows
+  and the saved state is the gradient itself (``2 N D`` numbers), so the memory is
+  as flat without the fourth product. When only the value is needed (evaluation),
+  graph and XLA compilers drop the gradient work.
 - **Low precision in, float32 statistics.** With ``matmul_dtype`` (``bfloat16``
   or ``float16``, the compute dtype of a mixed-precision policy) the three
   products take operands in that dtype; the similarities are cast to the
@@ -57,6 +70,12 @@ BLOCK_ELEMENTS = 1 << 20
 # 1.65x-1.80x (docs/performance.md, "XLA at B = 8192"). From m = 2048 contrast
 # rows on, every block has these rows: the memory per row of the batch is flat.
 MIN_BLOCK_ROWS = 512
+# Rows are unit vectors, so |S_ij| <= 1/T. Up to this 1/T, exp(S) can neither overflow
+# nor reach float32's subnormals (e^40 = 2.4e17, and summed over 2^31 columns 5e26;
+# e^-40 = 4e-18), so the log-sum-exp needs no shift by each row's maximum: two passes
+# over each block fewer (the maximum and the subtraction). At lower temperatures
+# (T < 0.025) the rows are shifted by their maximum.
+UNSHIFTED_MAX_INV_T = 40.0
 
 
 def default_block_rows(num_contrast):
@@ -65,50 +84,93 @@ def default_block_rows(num_contrast):
     return max(MIN_BLOCK_ROWS, BLOCK_ELEMENTS // max(int(num_contrast), 1))
 
 
-def _block_loss_and_grad(s, same, not_self, valid, mode):
-    """Per-row loss ``[r]`` and counted-row weights ``[r]`` (both zero on rows that are
-    not ``valid``, i.e. padding) and ``dL_i/dS`` ``[r, m]`` of one block.
+def _self_masker(first, offset, num_contrast, rows):
+    """``mask(x, value)``: ``x [rows, m]`` (the block of anchors ``first ...``) with each
+    row's own column (``offset + first + i``) set to ``value`` by a scatter of ``rows``
+    elements. A padding row whose own column would lie past the contrast set gets the
+    last column instead; padding rows are not counted."""
+    index = ops.arange(rows)
+    own = ops.stack([index, ops.minimum(index + (offset + first), num_contrast - 1)], axis=1)
+
+    def mask(x, value):
+        return ops.scatter_update(x, own, ops.full((rows,), value, dtype=x.dtype))
+
+    return mask
+
+
+def _block_loss_and_grad(s, mode, counted, safe_num, *, targets, mask_self, shifted):
+    """Per-row loss ``[r]`` (zero on rows not ``counted``), ``H [r, m]`` and ``f [r, 1]``
+    with ``dL_i/dS = f * H`` of one block, for the softmax part of the loss: the
+    log-sum-exp of SupCon (out) and npairs (their positives' part is linear in ``S``:
+    :func:`_linear_targets`), all of SupCon (in).
 
     Each ``[r, m]`` operation is a pass over the block (graph mode fuses none), so the
-    gradient is formed as ``e * (w / sum e) - targets * (w / ...)`` with per-row factors:
-    three passes where ``(softmax - targets) * w`` takes four."""
+    row factor ``f`` is left out of ``H`` (it is applied to the ``[r, D]`` side of the
+    products) and rows are shifted by their maximum only when ``shifted``
+    (:data:`UNSHIFTED_MAX_INV_T`). ``targets()`` gives the block's ``same`` matrix."""
     dtype = s.dtype
-    valid = ops.expand_dims(ops.cast(valid, dtype), 1)
-    if mode == "npairs":
+    counted = ops.expand_dims(counted, 1)
+    if mode != "npairs":
+        # A row's own column leaves its softmax: set to a large negative number, not
+        # multiplied by zero after exp(), since exp(1/T - max) overflows at low
+        # temperatures and inf * 0 is NaN.
+        s = mask_self(s, -1e9)
+    if shifted:
         row_max = ops.max(s, axis=1, keepdims=True)
         e = ops.exp(s - row_max)
-        targets = ops.cast(same, dtype)
-        # (at least 1: a row's own column; padding rows may match nothing)
-        num_same = ops.maximum(ops.sum(targets, axis=1, keepdims=True), 1.0)
-        denominator = ops.sum(e, axis=1, keepdims=True)
-        per_row = (ops.log(denominator) + row_max
-                   - ops.sum(targets * s, axis=1, keepdims=True) / num_same)
-        grad = e * (valid / denominator) - targets * (valid / num_same)
-        return ops.squeeze(per_row * valid, 1), ops.squeeze(valid, 1), grad
-
-    pos = ops.cast(ops.logical_and(same, not_self), dtype)
-    num_pos = ops.sum(pos, axis=1, keepdims=True)
-    # The self term is left out of the softmax with where(), not by multiplying
-    # exp() by zero: exp(1/T - max) overflows at low temperatures and inf * 0 is NaN.
-    others = ops.where(not_self, s, ops.convert_to_tensor(-1e9, dtype=dtype))
-    row_max = ops.max(others, axis=1, keepdims=True)
-    e = ops.exp(others - row_max)
-    denominator = ops.sum(e, axis=1, keepdims=True)
-    safe_num_pos = ops.maximum(num_pos, 1.0)
-    has_pos = ops.cast(num_pos > 0, dtype)
-    counted = has_pos * valid
-    if mode == "supcon_out":
-        per_row = (ops.log(denominator) + row_max
-                   - ops.sum(pos * s, axis=1, keepdims=True) / safe_num_pos)
-        grad = e * (counted / denominator) - pos * (counted / safe_num_pos)
     else:
-        pos_e = pos * e
-        # Rows without positives get sum 1 (log 0 avoided); they are not counted.
-        # exp(-row_max) cancels between the two logs.
-        pos_sum = ops.sum(pos_e, axis=1, keepdims=True) + (1.0 - has_pos)
-        per_row = ops.log(denominator) - ops.log(pos_sum / safe_num_pos)
-        grad = e * (counted / denominator) - pos_e * (counted / pos_sum)
-    return ops.squeeze(per_row * counted, 1), ops.squeeze(counted, 1), grad
+        row_max = 0.0
+        e = ops.exp(s)
+    denominator = ops.sum(e, axis=1, keepdims=True)
+    if mode == "supcon_in":
+        pos_e = mask_self(ops.cast(targets(), dtype), 0.0) * e
+        # Rows that are not counted get sum 1 (log 0 avoided); exp(-row_max) cancels
+        # between the two logs.
+        pos_sum = ops.sum(pos_e, axis=1, keepdims=True) + (1.0 - counted)
+        per_row = ops.log(denominator) - ops.log(pos_sum / ops.expand_dims(safe_num, 1))
+        h = e - pos_e * (denominator / pos_sum)
+    else:
+        per_row = ops.log(denominator) + row_max
+        h = e
+    return ops.squeeze(per_row * counted, 1), h, counted / denominator
+
+
+def _linear_targets(a_t, c, anchor_ids, contrast_ids, own, mode):
+    """The positives' part of SupCon (out) and npairs, from per-class sums of rows.
+
+    With targets ``P_ij`` (``same_ij``, without ``j = own_i`` for SupCon) and
+    ``Y_ij = P_ij / |P_i|``, that part of ``L_i`` is ``-sum_j Y_ij S_ij =
+    -a_i . (sum_j P_ij c_j) / (T |P_i|)``: linear in ``S``, so its value and gradients
+    need only ``sum_j P_ij c_j``, the sum of the contrast rows of anchor ``i``'s class
+    (less its own row), not an ``[n, m]`` matrix. ``a_t`` is ``a / T``.
+
+    Returns ``(counted [n], |P| [n] at least 1, sum_i counted_i Y_i . S_i, d/da_t, d/dc)``
+    of that sum."""
+    dtype = a_t.dtype
+    num_contrast = ops.shape(c)[0]
+    class_count = ops.segment_sum(ops.ones_like(contrast_ids, dtype=dtype), contrast_ids,
+                                  num_segments=num_contrast)
+    class_rows = ops.segment_sum(c, contrast_ids, num_segments=num_contrast)
+    num = ops.take(class_count, anchor_ids, axis=0)
+    target_rows = ops.take(class_rows, anchor_ids, axis=0)
+    if mode == "npairs":
+        counted = ops.ones_like(num)
+    else:
+        num = num - 1.0
+        target_rows = target_rows - ops.take(c, own, axis=0)
+        counted = ops.cast(num > 0, dtype)
+    safe_num = ops.maximum(num, 1.0)
+    weight = ops.expand_dims(counted / safe_num, 1)
+    total = ops.sum(weight * a_t * target_rows)
+    grad_a_t = weight * target_rows
+    weighted = weight * a_t
+    # d/dc_j = sum_i weight_i P_ij a_t,i: the weighted anchors of c_j's class, less
+    # c_j's own anchor (SupCon)
+    grad_c = ops.take(ops.segment_sum(weighted, anchor_ids, num_segments=num_contrast),
+                      contrast_ids, axis=0)
+    if mode != "npairs":
+        grad_c = grad_c - ops.scatter(ops.expand_dims(own, 1), weighted, ops.shape(c))
+    return counted, safe_num, total, grad_a_t, grad_c
 
 
 def _loop(steps, body, init):
@@ -133,54 +195,94 @@ def _loop(steps, body, init):
                                (tf.constant(0), tuple(init)), parallel_iterations=2)[1])
 
 
+def _class_ids(anchor_labels, contrast_labels):
+    """Labels as class ids in ``[0, m)`` (equal labels, equal ids; any integers in):
+    each label's first position among the sorted contrast labels."""
+    ordered = ops.sort(contrast_labels)
+    return (ops.searchsorted(ordered, anchor_labels, side="left"),
+            ops.searchsorted(ordered, contrast_labels, side="left"))
+
+
+def _over_blocks(block, rows, a_scaled, anchor_ids, counted, safe_num, contrast_shape):
+    """``block(a, ids, first, counted, safe_num)``'s loss sum and gradients summed over the
+    anchors, ``rows`` at a time: one block when ``a_scaled`` has at most ``rows`` rows or
+    its number of rows is not static (a TensorFlow graph traced with an unknown batch
+    dimension), else a loop over blocks of the anchors padded with zero rows, not
+    counted."""
+    n, width = a_scaled.shape
+    if n is None or n <= rows:
+        return block(a_scaled, anchor_ids, 0, counted, safe_num)
+    blocks = math.ceil(n / rows)
+    padded = blocks * rows - n
+
+    def pad(x, value=0):
+        return ops.pad(x, [[0, padded]] + [[0, 0]] * (len(x.shape) - 1), constant_values=value)
+
+    a_padded, ids_padded, counted_padded, safe_padded = (
+        pad(a_scaled), pad(anchor_ids), pad(counted), pad(safe_num, 1))
+
+    def body(i, carry):
+        total, grad_a, grad_c = carry
+        first = i * rows
+        ids, counted_block, safe_block = (ops.slice(x, [first], [rows]) for x in (
+            ids_padded, counted_padded, safe_padded))
+        t, g_a, g_c = block(ops.slice(a_padded, [first, 0], [rows, width]), ids, first,
+                            counted_block, safe_block)
+        return (total + t, ops.slice_update(grad_a, [first, 0], g_a), grad_c + g_c)
+
+    dtype = counted.dtype
+    init = (ops.zeros((), dtype), ops.zeros((blocks * rows, width), dtype),
+            ops.zeros(contrast_shape, dtype))
+    total, grad_a, grad_c = _loop(blocks, body, init)
+    return total, grad_a[:n], grad_c
+
+
 def _summed_loss_and_grads(a, c, anchor_labels, contrast_labels, *, inv_t, mode, offset,
                            rows, product_dtype):
     """``(sum of L_i, number of counted anchors, dSum/da, dSum/dc)`` of anchors ``a``
-    against ``c``, ``rows`` anchors at a time (one block when ``a`` has at most ``rows``
-    rows or its number of rows is not static, e.g. a TensorFlow graph traced with an
-    unknown batch dimension; else a loop over blocks, ``a`` padded with zero rows)."""
+    against ``c``, the softmax part ``rows`` anchors at a time (:func:`_over_blocks`)."""
     dtype = a.dtype
     product_dtype = product_dtype or dtype
-    n, m, width = a.shape[0], c.shape[0], a.shape[1]
-    blocks = 1 if n is None or n <= rows else math.ceil(n / rows)
+    num_contrast = ops.shape(c)[0]
     # convert_to_tensor(dtype=...), not cast(): cast() would round 1/T to float32 first.
     inv_t_tensor = ops.convert_to_tensor(inv_t, dtype=dtype)
-    a_scaled = ops.cast(a * inv_t_tensor, product_dtype)
+    a_t = a * inv_t_tensor
+    a_scaled = ops.cast(a_t, product_dtype)
     c_product = ops.cast(c, product_dtype)
     c_t = ops.transpose(c_product)  # once, outside the loop
-    columns = ops.expand_dims(ops.arange(ops.shape(c)[0]), 0)
+    own = ops.arange(ops.shape(a)[0]) + offset  # each anchor's own row of c
+    anchor_ids, contrast_ids = _class_ids(anchor_labels, contrast_labels)
+    counted, safe_num, target_total, target_grad_a, target_grad_c = _linear_targets(
+        a_t, c, anchor_ids, contrast_ids, own, mode)
+    shifted = inv_t > UNSHIFTED_MAX_INV_T
 
-    def block(a_block, labels, first):
-        """Loss sum, count and the two gradients of the rows from ``first`` on."""
+    def block(a_block, ids, first, counted_block, safe_block):
+        """The softmax part's loss sum and gradients for the rows from ``first`` on."""
+        rows_here = ops.shape(a_block)[0]
         s = ops.cast(ops.matmul(a_block, c_t), dtype)
-        same = ops.equal(ops.expand_dims(labels, 1), contrast_labels)
-        index = ops.arange(ops.shape(a_block)[0]) + first
-        not_self = ops.not_equal(ops.expand_dims(index + offset, 1), columns)
-        valid = index < (n if n is not None else ops.shape(a)[0])
-        per_row, counted, g = _block_loss_and_grad(s, same, not_self, valid, mode)
-        g = ops.cast(g, product_dtype)
+        per_row, h, f = _block_loss_and_grad(
+            s, mode, counted_block, safe_block, shifted=shifted,
+            targets=lambda: ops.equal(ops.expand_dims(ids, 1), ops.expand_dims(contrast_ids, 0)),
+            mask_self=_self_masker(first, offset, num_contrast, rows_here))
+        # dL/dS = f * H with one factor f per row, applied to the [r, D] side of the
+        # products (G c = f * (H c), G^T a = H^T (f * a)) rather than to the [r, m] block;
+        # low-precision operands take f * H, which stays in their range.
+        if product_dtype == dtype:
+            g, row_factor, a_rows = h, f, a_block * f
+        else:
+            g, row_factor, a_rows = ops.cast(h * f, product_dtype), 1.0, a_block
         # dS/da = c / T and dS/dc = a / T: a_scaled already carries the 1/T.
-        return (ops.sum(per_row), ops.sum(counted),
-                ops.cast(ops.matmul(g, c_product), dtype) * inv_t_tensor,
-                ops.cast(ops.matmul(ops.transpose(g), a_block), dtype))
+        return (ops.sum(per_row),
+                ops.cast(ops.matmul(g, c_product), dtype) * (row_factor * inv_t_tensor),
+                ops.cast(ops.matmul(ops.transpose(g), a_rows), dtype))
 
-    if blocks == 1:
-        return block(a_scaled, anchor_labels, 0)
-    padded = blocks * rows - n  # zero rows, masked out by `valid`
-    a_padded = ops.pad(a_scaled, [[0, padded], [0, 0]])
-    labels_padded = ops.pad(anchor_labels, [[0, padded]])
-
-    def body(i, carry):
-        total, count, grad_a, grad_c = carry
-        first = i * rows
-        t, k, g_a, g_c = block(ops.slice(a_padded, [first, 0], [rows, width]),
-                               ops.slice(labels_padded, [first], [rows]), first)
-        return (total + t, count + k, ops.slice_update(grad_a, [first, 0], g_a), grad_c + g_c)
-
-    zero = ops.zeros((), dtype)
-    init = (zero, zero, ops.zeros((blocks * rows, width), dtype), ops.zeros((m, width), dtype))
-    total, count, grad_a, grad_c = _loop(blocks, body, init)
-    return total, count, grad_a[:n], grad_c
+    total, grad_a, grad_c = _over_blocks(block, rows, a_scaled, anchor_ids, counted, safe_num,
+                                         ops.shape(c))
+    if mode != "supcon_in":  # the positives' part, linear in S
+        total = total - target_total
+        grad_a = grad_a - target_grad_a * inv_t_tensor
+        grad_c = grad_c - target_grad_c
+    return total, ops.sum(counted), grad_a, grad_c
 
 
 def similarity_softmax_loss(anchors, anchor_labels, contrast=None, contrast_labels=None, *,
@@ -215,7 +317,7 @@ def similarity_softmax_loss(anchors, anchor_labels, contrast=None, contrast_labe
     inv_t = 1.0 / float(temperature)
     m = contrast.shape[0]
     anchor_labels = ops.reshape(anchor_labels, (-1,))
-    contrast_labels = ops.reshape(contrast_labels, (1, -1))
+    contrast_labels = ops.reshape(contrast_labels, (-1,))
 
     @ops.custom_gradient
     def kernel(a, c):
