@@ -195,12 +195,16 @@ def _loop(steps, body, init):
                                (tf.constant(0), tuple(init)), parallel_iterations=2)[1])
 
 
-def _class_ids(anchor_labels, contrast_labels):
-    """Labels as class ids in ``[0, m)`` (equal labels, equal ids; any integers in):
-    each label's first position among the sorted contrast labels."""
-    ordered = ops.sort(contrast_labels)
-    return (ops.searchsorted(ordered, anchor_labels, side="left"),
-            ops.searchsorted(ordered, contrast_labels, side="left"))
+def _class_ids(contrast_labels):
+    """The contrast labels as class ids in ``[0, m)`` (equal labels, equal ids; any
+    integers in): each label's rank among the distinct labels, by one sort (no ``[n, m]``
+    comparison, which XLA's ``searchsorted`` would form)."""
+    order = ops.argsort(contrast_labels)
+    ordered = ops.take(contrast_labels, order)
+    is_new = ops.concatenate([ops.ones((1,), "int32"),
+                              ops.cast(ops.not_equal(ordered[1:], ordered[:-1]), "int32")])
+    rank = ops.cumsum(is_new) - 1
+    return ops.scatter(ops.expand_dims(order, 1), rank, ops.shape(contrast_labels))
 
 
 def _over_blocks(block, rows, a_scaled, anchor_ids, counted, safe_num, contrast_shape):
@@ -237,7 +241,7 @@ def _over_blocks(block, rows, a_scaled, anchor_ids, counted, safe_num, contrast_
     return total, grad_a[:n], grad_c
 
 
-def _summed_loss_and_grads(a, c, anchor_labels, contrast_labels, *, inv_t, mode, offset,
+def _summed_loss_and_grads(a, c, contrast_labels, *, inv_t, mode, offset,
                            rows, product_dtype):
     """``(sum of L_i, number of counted anchors, dSum/da, dSum/dc)`` of anchors ``a``
     against ``c``, the softmax part ``rows`` anchors at a time (:func:`_over_blocks`)."""
@@ -251,7 +255,8 @@ def _summed_loss_and_grads(a, c, anchor_labels, contrast_labels, *, inv_t, mode,
     c_product = ops.cast(c, product_dtype)
     c_t = ops.transpose(c_product)  # once, outside the loop
     own = ops.arange(ops.shape(a)[0]) + offset  # each anchor's own row of c
-    anchor_ids, contrast_ids = _class_ids(anchor_labels, contrast_labels)
+    contrast_ids = _class_ids(contrast_labels)
+    anchor_ids = ops.take(contrast_ids, own)  # anchor i is contrast row own[i]
     counted, safe_num, target_total, target_grad_a, target_grad_c = _linear_targets(
         a_t, c, anchor_ids, contrast_ids, own, mode)
     shifted = inv_t > UNSHIFTED_MAX_INV_T
@@ -293,7 +298,8 @@ def similarity_softmax_loss(anchors, anchor_labels, contrast=None, contrast_labe
     Args:
         anchors: ``[n, D]`` L2-normalised embeddings (float32 or float64: the
             dtype of the statistics, the loss and the gradients).
-        anchor_labels: ``[n]`` integer labels.
+        anchor_labels: ``[n]`` integer labels (with ``contrast``, those of its rows
+            ``offset ... offset + n - 1``, which the anchors are).
         contrast, contrast_labels: the ``[m, D]`` set the anchors are compared
             with and its labels; ``None`` means the anchors themselves.
         temperature: ``T > 0``.
@@ -316,13 +322,12 @@ def similarity_softmax_loss(anchors, anchor_labels, contrast=None, contrast_labe
     dtype = anchors.dtype
     inv_t = 1.0 / float(temperature)
     m = contrast.shape[0]
-    anchor_labels = ops.reshape(anchor_labels, (-1,))
     contrast_labels = ops.reshape(contrast_labels, (-1,))
 
     @ops.custom_gradient
     def kernel(a, c):
         total, count, grad_a, grad_c = _summed_loss_and_grads(
-            a, c, anchor_labels, contrast_labels, inv_t=inv_t, mode=mode, offset=offset,
+            a, c, contrast_labels, inv_t=inv_t, mode=mode, offset=offset,
             rows=block_rows or default_block_rows(m or 1), product_dtype=matmul_dtype)
         count = ops.stop_gradient(count if count_fn is None else count_fn(count))
         norm = 1.0 / ops.maximum(count, 1.0)
