@@ -13,8 +13,9 @@ Public API::
 
 Importing the package is light: the names above are imported when first used (PEP 562),
 so ``from keras_supcon.losses import SupConLoss`` loads the losses and Keras only, not
-TensorFlow's data stack or the jobs (on the JAX backend, no TensorFlow at all). Keras deserialises this package's layers and losses
-(``encoder.keras``, ``classifier.keras``) once the modules defining them are imported:
+TensorFlow's data stack or the jobs (on the JAX backend, no TensorFlow at all). Keras
+deserialises this package's layers and losses (``encoder.keras``, ``classifier.keras``)
+once the modules defining them are imported:
 ``import keras_supcon.models`` (layers) and ``keras_supcon.losses`` (compiled losses).
 """
 

@@ -109,9 +109,9 @@ def test_quantised_models_are_smaller_than_float32(models):
 
 
 def _interpreter(path):
-    with warnings.catch_warnings():  # "use ai_edge_litert", as in quantize.tflite_predict
-        warnings.simplefilter("ignore", UserWarning)
-        interpreter = tf.lite.Interpreter(model_path=str(path))
+    from ai_edge_litert.interpreter import Interpreter  # LiteRT, as quantize.tflite_predict
+
+    interpreter = Interpreter(model_path=str(path))
     interpreter.allocate_tensors()
     return interpreter
 
@@ -166,7 +166,9 @@ def test_predict_in_batches_of_any_size(models, mode):
     time too: the interpreter is resized for each batch size."""
     images = models["x_test"][:30]
     path = models["paths"][mode]
-    whole = tflite_predict(path, images)
+    with warnings.catch_warnings():  # LiteRT, not the deprecated tf.lite.Interpreter
+        warnings.simplefilter("error")
+        whole = tflite_predict(path, images)
     np.testing.assert_allclose(tflite_predict(path, images, batch_size=7), whole, **F32)
     np.testing.assert_allclose(tflite_predict(path, images, batch_size=1), whole, **F32)
     # float64 images are converted to float32

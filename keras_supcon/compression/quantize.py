@@ -7,8 +7,6 @@ Symmetric int8 weight quantisation maps 0 to 0, so pruned zeros stay zeros
 (the gzip size in the report is where that shows).
 """
 
-import warnings
-
 import numpy as np
 import tensorflow as tf
 
@@ -38,10 +36,11 @@ def convert_tflite(saved_model_dir, mode="dynamic", representative_images=None):
 
 
 def tflite_predict(model_path, images, batch_size=64):
-    """Outputs of the TFLite model at ``model_path`` for float ``images``."""
-    with warnings.catch_warnings():  # "use ai_edge_litert": not a dependency here
-        warnings.simplefilter("ignore", UserWarning)
-        interpreter = tf.lite.Interpreter(model_path=str(model_path))
+    """Outputs of the TFLite model at ``model_path`` for float ``images``, run by LiteRT
+    (``ai_edge_litert``, the successor of the deprecated ``tf.lite.Interpreter``)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(model_path))
     inp = interpreter.get_input_details()[0]
     out_index = interpreter.get_output_details()[0]["index"]
     images = np.asarray(images, np.float32)
