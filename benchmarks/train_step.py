@@ -175,8 +175,6 @@ def build_tutorial_model(backbone, mean, variance, image_size=IMAGE_SIZE, views=
 
 
 def build_ours(backbone, data, batch_size, total_steps):
-    import keras
-
     from keras_supcon.data import contrastive_batches
     from keras_supcon.losses import SupConLoss
     from keras_supcon.models import build_contrastive_model, build_encoder, build_projection_head
