@@ -195,17 +195,18 @@ def test_summary_ratios_and_changes_are_computed_from_the_numbers():
 
 def test_tflite_section():
     r = _report()
+    # (int8: a report written before the TFLite latency was measured)
     r["tflite"] = {"dynamic": {"bytes": 256 * 1024, "zipped_bytes": 128 * 1024,
-                               "accuracy": 0.87},
+                               "accuracy": 0.87, "latency_ms_batch1": 0.456},
                    "int8": {"bytes": 100, "zipped_bytes": 1000, "accuracy": 0.8}}
     text = format_report(r)
     assert text.startswith(EXPECTED.split("## Per layer")[0])
     section = ("## TFLite quantisation of the pruned model\n\n"
                "| quantisation | size | zipped | zipped ratio vs baseline SavedModel zipped "
-               "| test accuracy |\n"
-               "|---|---|---|---|---|\n"
-               "| dynamic | 256.0 KB | 128.0 KB | 16.00x | 0.8700 |\n"  # 2 MB / 128 KB
-               "| int8 | 100 B | 1000 B | 2097.15x | 0.8000 |\n"  # 2097152 / 1000
+               "| test accuracy | CPU latency, 1 image (ms) |\n"
+               "|---|---|---|---|---|---|\n"
+               "| dynamic | 256.0 KB | 128.0 KB | 16.00x | 0.8700 | 0.46 |\n"  # 2 MB / 128 KB
+               "| int8 | 100 B | 1000 B | 2097.15x | 0.8000 |  |\n"  # 2097152 / 1000
                "\n## Per layer (kernels)\n")
     assert section in text
 

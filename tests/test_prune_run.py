@@ -123,6 +123,7 @@ def test_report_sizes_are_those_of_the_files(sweep, tmp_path):
             # 360 test images.
             assert abs(t["accuracy"] - report["pruned"]["accuracy"]) <= 0.03, (mode, t)
             assert t["accuracy"] > 0.5, (mode, t)
+            assert t["latency_ms_batch1"] > 0, (mode, t)  # LiteRT, one image
         md = (job / "compression.md").read_text()
         assert "## Per layer (kernels)" in md and "stage3_conv2" in md
     dense, half = result["reports"]

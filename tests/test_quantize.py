@@ -13,7 +13,12 @@ import tensorflow as tf
 from sklearn.datasets import load_digits
 from tolerances import F32, F32_DEEP
 
-from keras_supcon.compression.quantize import MODES, convert_tflite, tflite_predict
+from keras_supcon.compression.quantize import (
+    MODES,
+    convert_tflite,
+    tflite_latency_ms,
+    tflite_predict,
+)
 from keras_supcon.compression.report import zipped_bytes
 from keras_supcon.errors import ConfigError
 from keras_supcon.runs.export import export_saved_model
@@ -175,6 +180,7 @@ def test_predict_in_batches_of_any_size(models, mode):
     np.testing.assert_allclose(tflite_predict(path, images.astype(np.float64)), whole, **F32)
     assert tflite_predict(str(path), images[:1]).shape == (1, 10)
     assert tflite_predict(path, images[:0]).shape == (0, 10)  # no images: no outputs
+    assert tflite_latency_ms(path, images[0]) > 0
 
 
 def test_unknown_mode_is_a_config_error(models):

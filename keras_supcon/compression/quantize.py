@@ -10,6 +10,7 @@ Symmetric int8 weight quantisation maps 0 to 0, so pruned zeros stay zeros
 import numpy as np
 import tensorflow as tf
 
+from keras_supcon.compression.report import latency_ms
 from keras_supcon.errors import ConfigError
 
 MODES = ("dynamic", "int8")
@@ -35,12 +36,28 @@ def convert_tflite(saved_model_dir, mode="dynamic", representative_images=None):
     return converter.convert()
 
 
-def tflite_predict(model_path, images, batch_size=64):
-    """Outputs of the TFLite model at ``model_path`` for float ``images``, run by LiteRT
-    (``ai_edge_litert``, the successor of the deprecated ``tf.lite.Interpreter``)."""
+def _interpreter(model_path):
+    """A LiteRT interpreter (``ai_edge_litert``, the successor of the deprecated
+    ``tf.lite.Interpreter``) for the TFLite model at ``model_path``."""
     from ai_edge_litert.interpreter import Interpreter
 
-    interpreter = Interpreter(model_path=str(model_path))
+    return Interpreter(model_path=str(model_path))
+
+
+def tflite_latency_ms(model_path, image):
+    """Median CPU milliseconds of one call of the TFLite model on one ``image``."""
+    interpreter = _interpreter(model_path)
+    inp = interpreter.get_input_details()[0]
+    image = np.asarray(image, np.float32)[None]
+    interpreter.resize_tensor_input(inp["index"], image.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(inp["index"], image)
+    return latency_ms(interpreter.invoke)
+
+
+def tflite_predict(model_path, images, batch_size=64):
+    """Outputs of the TFLite model at ``model_path`` for float ``images`` (LiteRT)."""
+    interpreter = _interpreter(model_path)
     inp = interpreter.get_input_details()[0]
     out_index = interpreter.get_output_details()[0]["index"]
     images = np.asarray(images, np.float32)

@@ -93,11 +93,15 @@ def format_report(report):
     out.append(markdown_table(["", "baseline", "pruned", "change / ratio"], rows))
     if report.get("tflite"):
         out.append("## TFLite quantisation of the pruned model\n")
+        # (reports written before the TFLite latency was measured have none)
         rows = [(mode, human_bytes(t["bytes"]), human_bytes(t["zipped_bytes"]),
                  f"{b['saved_model_zipped_bytes'] / t['zipped_bytes']:.2f}x",
-                 f"{t['accuracy']:.4f}") for mode, t in report["tflite"].items()]
+                 f"{t['accuracy']:.4f}",
+                 f"{t['latency_ms_batch1']:.2f}" if "latency_ms_batch1" in t else "")
+                for mode, t in report["tflite"].items()]
         out.append(markdown_table(["quantisation", "size", "zipped", "zipped ratio vs baseline "
-                                   "SavedModel zipped", "test accuracy"], rows))
+                                   "SavedModel zipped", "test accuracy",
+                                   "CPU latency, 1 image (ms)"], rows))
     if report.get("compared_with"):
         out.append(f"## Compared at the same sparsity ({report['target_sparsity']:.0%})\n")
         rows = [(f"**{report['method']}** (this report)",

@@ -36,7 +36,7 @@ from keras_supcon.compression.prune import (
     prune_classifier,
     sparsity_table,
 )
-from keras_supcon.compression.quantize import convert_tflite, tflite_predict
+from keras_supcon.compression.quantize import convert_tflite, tflite_latency_ms, tflite_predict
 from keras_supcon.compression.report import (
     disk_bytes,
     format_report,
@@ -248,7 +248,8 @@ class _Context:
             probs = tflite_predict(job.file(name), images)
             out[mode] = {"file": name, "bytes": disk_bytes(job.file(name)),
                          "zipped_bytes": zipped_bytes(job.file(name)),
-                         "accuracy": float((probs.argmax(axis=1) == labels).mean())}
+                         "accuracy": float((probs.argmax(axis=1) == labels).mean()),
+                         "latency_ms_batch1": tflite_latency_ms(job.file(name), images[0])}
         return out
 
 
