@@ -135,34 +135,36 @@ def _block_loss_and_grad(s, mode, counted, safe_num, *, targets, mask_self, shif
     return ops.squeeze(per_row * counted, 1), h, counted / denominator
 
 
-def _linear_targets(a_t, c, anchor_ids, contrast_ids, own, mode):
+def _counted_anchors(contrast_ids, anchor_ids, mode, dtype):
+    """``(counted [n], |P| [n] at least 1)``: which anchors count (npairs: all; SupCon:
+    those with a positive, another row of their class) and their number of targets
+    ``|P_i|`` (their class's contrast rows, less their own for SupCon)."""
+    class_count = ops.segment_sum(ops.ones_like(contrast_ids, dtype=dtype), contrast_ids,
+                                  num_segments=ops.shape(contrast_ids)[0])
+    num = ops.take(class_count, anchor_ids, axis=0)
+    if mode == "npairs":
+        return ops.ones_like(num), num
+    num = num - 1.0
+    return ops.cast(num > 0, dtype), ops.maximum(num, 1.0)
+
+
+def _linear_targets(a_t, c, anchor_ids, contrast_ids, own, mode, weight):
     """The positives' part of SupCon (out) and npairs, from per-class sums of rows.
 
     With targets ``P_ij`` (``same_ij``, without ``j = own_i`` for SupCon) and
     ``Y_ij = P_ij / |P_i|``, that part of ``L_i`` is ``-sum_j Y_ij S_ij =
     -a_i . (sum_j P_ij c_j) / (T |P_i|)``: linear in ``S``, so its value and gradients
     need only ``sum_j P_ij c_j``, the sum of the contrast rows of anchor ``i``'s class
-    (less its own row), not an ``[n, m]`` matrix. ``a_t`` is ``a / T``.
+    (less its own row), not an ``[n, m]`` matrix. ``a_t`` is ``a / T``; ``weight [n, 1]``
+    is ``counted_i / |P_i|``.
 
-    Returns ``(counted [n], |P| [n] at least 1, sum_i counted_i Y_i . S_i, d/da_t, d/dc)``
-    of that sum."""
-    dtype = a_t.dtype
+    Returns ``(sum_i counted_i Y_i . S_i, d/da_t, d/dc)`` of that sum."""
     num_contrast = ops.shape(c)[0]
-    class_count = ops.segment_sum(ops.ones_like(contrast_ids, dtype=dtype), contrast_ids,
-                                  num_segments=num_contrast)
     class_rows = ops.segment_sum(c, contrast_ids, num_segments=num_contrast)
-    num = ops.take(class_count, anchor_ids, axis=0)
     target_rows = ops.take(class_rows, anchor_ids, axis=0)
-    if mode == "npairs":
-        counted = ops.ones_like(num)
-    else:
-        num = num - 1.0
+    if mode != "npairs":
         target_rows = target_rows - ops.take(c, own, axis=0)
-        counted = ops.cast(num > 0, dtype)
-    safe_num = ops.maximum(num, 1.0)
-    weight = ops.expand_dims(counted / safe_num, 1)
     total = ops.sum(weight * a_t * target_rows)
-    grad_a_t = weight * target_rows
     weighted = weight * a_t
     # d/dc_j = sum_i weight_i P_ij a_t,i: the weighted anchors of c_j's class, less
     # c_j's own anchor (SupCon)
@@ -170,7 +172,7 @@ def _linear_targets(a_t, c, anchor_ids, contrast_ids, own, mode):
                       contrast_ids, axis=0)
     if mode != "npairs":
         grad_c = grad_c - ops.scatter(ops.expand_dims(own, 1), weighted, ops.shape(c))
-    return counted, safe_num, total, grad_a_t, grad_c
+    return total, weight * target_rows, grad_c
 
 
 def _loop(steps, body, init):
@@ -257,8 +259,7 @@ def _summed_loss_and_grads(a, c, contrast_labels, *, inv_t, mode, offset,
     own = ops.arange(ops.shape(a)[0]) + offset  # each anchor's own row of c
     contrast_ids = _class_ids(contrast_labels)
     anchor_ids = ops.take(contrast_ids, own)  # anchor i is contrast row own[i]
-    counted, safe_num, target_total, target_grad_a, target_grad_c = _linear_targets(
-        a_t, c, anchor_ids, contrast_ids, own, mode)
+    counted, safe_num = _counted_anchors(contrast_ids, anchor_ids, mode, dtype)
     shifted = inv_t > UNSHIFTED_MAX_INV_T
 
     def block(a_block, ids, first, counted_block, safe_block):
@@ -284,6 +285,8 @@ def _summed_loss_and_grads(a, c, contrast_labels, *, inv_t, mode, offset,
     total, grad_a, grad_c = _over_blocks(block, rows, a_scaled, anchor_ids, counted, safe_num,
                                          ops.shape(c))
     if mode != "supcon_in":  # the positives' part, linear in S
+        target_total, target_grad_a, target_grad_c = _linear_targets(
+            a_t, c, anchor_ids, contrast_ids, own, mode, ops.expand_dims(counted / safe_num, 1))
         total = total - target_total
         grad_a = grad_a - target_grad_a * inv_t_tensor
         grad_c = grad_c - target_grad_c
