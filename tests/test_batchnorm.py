@@ -64,6 +64,22 @@ def test_precise_statistics_of_a_frozen_model_and_a_batch_limit():
     np.testing.assert_array_equal(model.get_weights()[1], weights[1])  # beta untouched
 
 
+def test_the_compiled_pass_is_reused_and_follows_freezing():
+    """The pass compiled for a model serves its later calls (the jobs recompute before
+    every validation pass) with their own batches, and is rebuilt when freezing the model
+    changes how its variables are split (JAX)."""
+    model, bn = _bn_model()
+    for frozen, seed in ((False, 1), (False, 2), (True, 3)):
+        model.trainable = not frozen
+        batches = _batches((8, 5), seed=seed)
+        assert precise_batchnorm(model, batches) == 2
+        mean, var = _numpy_statistics(batches)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(bn.moving_mean), mean, **F32)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(bn.moving_variance), var,
+                                   rtol=1e-4, atol=1e-6)
+        assert bn.trainable == (not frozen)
+
+
 def test_precise_statistics_without_batches_keep_the_old_ones():
     model, bn = _bn_model()
     bn.moving_mean.assign([1.0, 2.0, 3.0])

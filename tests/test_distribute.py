@@ -113,7 +113,8 @@ def test_two_jax_processes_run_the_training_job(tmp_path):
     localhost, each with its own run directory: pre-training across both, then
     the probe, the evaluation and the export on each process's own device
     (``training.distribute.process_local``; Keras' ``predict`` cannot fetch outputs
-    sharded over processes). Both finish with the same metrics."""
+    sharded over processes). Both finish with the same metrics; process 0 alone writes the
+    figures and the SavedModel (its run directory is the result)."""
     _jax_processes(lambda i: ["-m", "keras_supcon.train", "--dataset", "digits",
                               "--backbone", "small_resnet", "--image-size", "8",
                               "--epochs", "1", "--batch-size", "64", "--precise-bn-batches", "4",
@@ -125,7 +126,11 @@ def test_two_jax_processes_run_the_training_job(tmp_path):
     for key in ("accuracy", "f1_macro"):
         assert first[key] == second[key], key
     assert first["embedding"]["knn_accuracy"] == second["embedding"]["knn_accuracy"]
-    assert (tmp_path / "run0" / "saved_model").is_dir()
+    chief, other = tmp_path / "run0", tmp_path / "run1"
+    outputs = ("saved_model", "tsne.png", "confusion.png", "curves.png")
+    assert all((chief / name).exists() for name in outputs)
+    assert not any((other / name).exists() for name in outputs)
+    assert first["saved_model_max_abs_diff"] < 1e-4 and "saved_model_max_abs_diff" not in second
 
 
 @pytest.mark.parametrize("backend,strategy", [("tensorflow", "mirrored"),

@@ -109,6 +109,18 @@ def multi_process():
     return jax.process_count() > 1
 
 
+def is_chief():
+    """Whether this process writes a run's figures and SavedModel: process 0 of a
+    multi-process run (its run directory is the result), the only process otherwise.
+    The others still compute and write the same metrics and their own checkpoints (for
+    ``--resume``): as in ``tf.distribute``, where only the chief writes the model."""
+    if not multi_process():
+        return True
+    import jax
+
+    return jax.process_index() == 0
+
+
 @contextlib.contextmanager
 def process_local(model):
     """Yields ``model`` to run inference and small fits on this process's own

@@ -37,6 +37,7 @@ from keras_supcon.training import build
 from keras_supcon.training.distribute import (
     check_global_batch,
     distribution_scope,
+    is_chief,
     precision_policy,
     process_local,
 )
@@ -166,7 +167,8 @@ def _fine_tune(encoder, data, probe, out, overwrite, settings):
 
 def evaluate_run(config, data, run, classifier):
     """Test metrics, embedding quality, figures and SavedModel export of a trained
-    classifier (its encoder is the layer ``build.encoder_name(config)``)."""
+    classifier (its encoder is the layer ``build.encoder_name(config)``). In a
+    multi-process run, only process 0 writes the figures and the export."""
     encoder = classifier.get_layer(build.encoder_name(config))
     test_ds = supervised_batches(data.test, config.image_size, EVAL_BATCH)
     probs, labels = predict(classifier, test_ds, config.verbose)
@@ -181,6 +183,14 @@ def evaluate_run(config, data, run, classifier):
     train_emb, train_labels = predict(
         encoder, supervised_batches(data.train, config.image_size, EVAL_BATCH), config.verbose)
     metrics["embedding"] = embedding_metrics(train_emb, train_labels, embeddings, emb_labels)
+    if is_chief():  # the figures and the export: process 0's run directory is the result
+        _write_outputs(config, data, run, classifier, metrics, embeddings, emb_labels,
+                       next(iter(test_ds))[0][:32])
+    return metrics
+
+
+def _write_outputs(config, data, run, classifier, metrics, embeddings, emb_labels, sample):
+    """The run's figures, and its SavedModel checked against the classifier on ``sample``."""
     title = (f"{data.name} | {config.backbone} | {config.loss} | "
              f"test accuracy {metrics['accuracy']:.3f}")
     save_evaluation_figures(run, metrics, title, curves=plot_curves(read_history(run), title),
@@ -188,9 +198,7 @@ def evaluate_run(config, data, run, classifier):
                             what="test encoder embeddings", seed=config.seed)
     with run.atomic_path("saved_model") as tmp:
         export_saved_model(classifier, tmp)
-    sample = next(iter(test_ds))[0][:32]
     diff = check_saved_model(run.file("saved_model"), classifier, sample)
     metrics["saved_model_max_abs_diff"] = diff
     if not diff < 1e-4:
         raise RuntimeError(f"exported SavedModel disagrees with the classifier (max |diff| {diff})")
-    return metrics
