@@ -5,6 +5,10 @@ the library's defaults, on ``digits``.
     python experiments/defaults_search.py --loss supcon                   # small_resnet
     python experiments/defaults_search.py --loss supcon --backbone densenet201 \\
         --vary lr=0.001,0.003 --vary epochs=5,10                          # the main command
+    python experiments/defaults_search.py --loss ce --vary epochs=5,10,20 --seeds 0,1,2
+
+``--seeds``: every setting runs with each seed (the seed also draws the validation split,
+so each seed has its own); the table gives the mean and standard deviation over them.
 
 The selection criterion is the validation accuracy the run itself selects on: the
 best validation epoch of an end-to-end run, the probe's validation accuracy (at
@@ -19,6 +23,8 @@ import csv
 import json
 import logging
 from pathlib import Path
+
+import numpy as np
 
 GRID = {"lr": [3e-4, 1e-3, 3e-3], "batch_size": [32, 64, 128], "epochs": [5, 10, 20],
         "warmup_fraction": [0.0, 0.1], "temperature": [0.05, 0.1, 0.2]}
@@ -35,20 +41,20 @@ def validation_accuracy(path):
     return max(float(r[k]) for r in rows for k in keys if r.get(k))
 
 
-def run_one(out, base, setting, value):
+def run_one(out, base, setting, value, seed=0):
     from keras_supcon.runs.rundir import RunDir
     from keras_supcon.training import TrainConfig, train
 
     name = "defaults" if value is None else f"{setting}={value:g}"
-    path = Path(out) / name
+    path = Path(out) / (name if seed == 0 else f"{name}-seed{seed}")
     if not RunDir(path).is_finished():
-        settings = dict(base, out=str(path), verbose=0)
+        settings = dict(base, out=str(path), verbose=0, seed=seed)
         if value is not None:
             settings[setting] = type(getattr(TrainConfig(), setting) or value)(value)
         resume = (path / "state.json").exists() and (path / "config.json").exists()
         train(resume=resume, overwrite=not resume, **settings)
     m = json.loads((path / "metrics.json").read_text())
-    return {"run": name, "setting": setting, "value": value,
+    return {"run": name, "setting": setting, "value": value, "seed": seed,
             "val_accuracy": validation_accuracy(path), "accuracy": m["accuracy"],
             "knn_accuracy": m["embedding"]["knn_accuracy"], "wall_time_s": m["wall_time_s"]}
 
@@ -62,6 +68,7 @@ def main(argv=None):
     p.add_argument("--vary", action="append", default=[], metavar="SETTING=V1,V2",
                    help="the settings and values to try (default: GRID)")
     p.add_argument("--out", default=None)
+    p.add_argument("--seeds", default="0", help="comma-separated seeds of every setting")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     grid = ({k: [float(v) for v in vs.split(",")] for k, vs in
@@ -71,27 +78,41 @@ def main(argv=None):
     out = Path(args.out or f"runs/defaults_search/{args.backbone}-{args.loss}")
     base = dict(backbone=args.backbone, loss=args.loss)
     defaults = TrainConfig(**base)
-    rows = [run_one(out, base, None, None)]
-    for setting, values in grid.items():
-        default = getattr(defaults, setting)
-        if default is None:  # temperature: the loss's default
-            default = {"supcon": 0.1, "supcon+ce": 0.1, "simclr": 0.1, "npairs": 0.05}[
-                args.loss]
-        for value in values:
-            if value != default:
-                rows.append(run_one(out, base, setting, value))
-                print(rows[-1], flush=True)
+    seeds = [int(v) for v in args.seeds.split(",")]
+    runs = [(None, None)] + [(k, v) for k, values in grid.items() for v in values
+                             if v != _default(defaults, k, args.loss)]
+    rows = []
+    for setting, value in runs:
+        for seed in seeds:
+            rows.append(run_one(out, base, setting, value, seed))
+            print(rows[-1], flush=True)
     out.mkdir(parents=True, exist_ok=True)
     (out / "search.json").write_text(json.dumps(rows, indent=1))
     lines = [f"{args.backbone}, --loss {args.loss}, digits; one setting varied at a time "
-             "around the defaults.", "",
+             f"around the defaults; seeds {args.seeds} (mean ± sd where several).", "",
              "| run | validation accuracy (selects) | test accuracy | kNN accuracy | "
              "wall time (s) |", "|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['run']} | {r['val_accuracy']:.4f} | {r['accuracy']:.4f} | "
-                     f"{r['knn_accuracy']:.4f} | {r['wall_time_s']:.0f} |")
+    for name in dict.fromkeys(r["run"] for r in rows):
+        group = [r for r in rows if r["run"] == name]
+        cells = [_mean_sd([r[k] for r in group]) for k in ("val_accuracy", "accuracy",
+                                                              "knn_accuracy")]
+        wall = np.mean([r["wall_time_s"] for r in group])
+        lines.append(f"| {name} | {' | '.join(cells)} | {wall:.0f} |")
     (out / "search.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def _default(defaults, setting, loss):
+    default = getattr(defaults, setting)
+    if default is None:  # temperature: the loss's default
+        return {"supcon": 0.1, "supcon+ce": 0.1, "simclr": 0.1, "npairs": 0.05}[loss]
+    return default
+
+
+def _mean_sd(values):
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}"
 
 
 if __name__ == "__main__":

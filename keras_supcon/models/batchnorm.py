@@ -156,6 +156,7 @@ def _jax_statistics(model, layers):
     forward = cached[1]
 
     def statistics(x):
+        x = keras.tree.map_structure(np.asarray, x)  # e.g. tf.data's tensors
         out = forward([v.value for v in trainable], [v.value for v in non_trainable], x)
         return [(np.asarray(m), np.asarray(v)) for m, v in out]
     return statistics
