@@ -22,6 +22,7 @@ import argparse
 import csv
 import json
 import logging
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +51,7 @@ def run_one(out, base, setting, value, seed=0):
     if not RunDir(path).is_finished():
         settings = dict(base, out=str(path), verbose=0, seed=seed)
         if value is not None:
-            settings[setting] = type(getattr(TrainConfig(), setting) or value)(value)
+            settings[setting] = _typed(TrainConfig, setting, value)
         resume = (path / "state.json").exists() and (path / "config.json").exists()
         train(resume=resume, overwrite=not resume, **settings)
     m = json.loads((path / "metrics.json").read_text())
@@ -77,10 +78,10 @@ def main(argv=None):
         grid.pop("temperature", None)
     out = Path(args.out or f"runs/defaults_search/{args.backbone}-{args.loss}")
     base = dict(backbone=args.backbone, loss=args.loss)
-    defaults = TrainConfig(**base)
+    defaults = TrainConfig(**base, out=str(out)).validate()  # the loss's defaults filled in
     seeds = [int(v) for v in args.seeds.split(",")]
     runs = [(None, None)] + [(k, v) for k, values in grid.items() for v in values
-                             if v != _default(defaults, k, args.loss)]
+                             if v != getattr(defaults, k)]
     rows = []
     for setting, value in runs:
         for seed in seeds:
@@ -102,11 +103,11 @@ def main(argv=None):
     print("\n".join(lines))
 
 
-def _default(defaults, setting, loss):
-    default = getattr(defaults, setting)
-    if default is None:  # temperature: the loss's default
-        return {"supcon": 0.1, "supcon+ce": 0.1, "simclr": 0.1, "npairs": 0.05}[loss]
-    return default
+def _typed(config_class, setting, value):
+    """``value`` (parsed as a float) as the type of the setting (``int | None`` -> int)."""
+    hint = typing.get_type_hints(config_class)[setting]
+    kinds = [t for t in typing.get_args(hint) if t is not type(None)] or [hint]
+    return kinds[0](value)
 
 
 def _mean_sd(values):

@@ -197,6 +197,20 @@ def test_settings_of_older_runs_mean_what_those_runs_did():
     assert TrainConfig.from_dict(new) == TrainConfig(probe="nn")   # None: the source default
 
 
+def test_epochs_default_follows_the_kind_of_loss(tmp_path):
+    """5 epochs of pre-training (the probe is then fitted to convergence), 20 of an
+    end-to-end classifier (chosen on validation, docs/experiments.md); a given number,
+    and the number saved in an older run's config.json, are kept."""
+    from keras_supcon.training import TrainConfig
+
+    expected = {"supcon": 5, "npairs": 5, "barlow": 5, "ce": 20, "center": 20, "supcon+ce": 20}
+    for loss, epochs in expected.items():
+        assert TrainConfig(loss=loss, out=str(tmp_path)).validate().epochs == epochs, loss
+    assert TrainConfig(loss="ce", epochs=3, out=str(tmp_path)).validate().epochs == 3
+    old_run = TrainConfig.from_dict({"loss": "ce", "epochs": 5, "out": str(tmp_path)})
+    assert old_run.validate().epochs == 5
+
+
 def test_joint_supcon_ce_run(tmp_path):
     metrics = train(out=str(tmp_path / "joint"), loss="supcon+ce", supcon_weight=0.5,
                     **dict(QUICK, epochs=2))

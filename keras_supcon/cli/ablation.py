@@ -2,10 +2,11 @@
 (or ``python -m keras_supcon.ablation``).
 
 Trains every combination of backbones x losses (x optional --grid values) with
-the same data split, seed and budget, each into its own run directory under
---out, and writes ablation.md / ablation.csv / figures there. Running the same
-command again skips finished combinations and resumes interrupted ones. Only
-parses arguments: the work is :func:`keras_supcon.training.ablation.run_ablation`.
+the same data split, seed and settings (--epochs if given, else each loss's default:
+5 of pre-training, 20 end to end), each into its own run directory under --out, and
+writes ablation.md / ablation.csv / figures there. Running the same command again
+skips finished combinations and resumes interrupted ones. Only parses arguments: the
+work is :func:`keras_supcon.training.ablation.run_ablation`.
 """
 
 import argparse

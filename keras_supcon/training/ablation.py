@@ -1,6 +1,8 @@
 """Ablations: every combination of backbones x losses (x optional setting values),
-same data split, seed and budget, each trained by :func:`~keras_supcon.training.train`
-into its own run directory ``OUT/<backbone>-<loss>[-<setting><value>...]``.
+same data split, seed and settings (the epochs: ``--epochs`` if given, else each loss's
+default, 5 of pre-training or 20 end to end), each trained by
+:func:`~keras_supcon.training.train` into its own run directory
+``OUT/<backbone>-<loss>[-<setting><value>...]``.
 
 Finished combinations are skipped and interrupted ones resumed, so running the
 same ablation again continues where it stopped. A combination that raises is
