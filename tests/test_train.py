@@ -199,16 +199,25 @@ def test_settings_of_older_runs_mean_what_those_runs_did():
 
 def test_epochs_default_follows_the_kind_of_loss(tmp_path):
     """5 epochs of pre-training (the probe is then fitted to convergence), 20 of an
-    end-to-end classifier (chosen on validation, docs/experiments.md); a given number,
-    and the number saved in an older run's config.json, are kept."""
+    end-to-end classifier (chosen on validation, docs/experiments.md); ResNet-50 pre-trains
+    with its own lr and epochs; given values, and those saved in an older run's
+    config.json, are kept."""
     from keras_supcon.training import TrainConfig
 
     expected = {"supcon": 5, "npairs": 5, "barlow": 5, "ce": 20, "center": 20, "supcon+ce": 20}
     for loss, epochs in expected.items():
         assert TrainConfig(loss=loss, out=str(tmp_path)).validate().epochs == epochs, loss
     assert TrainConfig(loss="ce", epochs=3, out=str(tmp_path)).validate().epochs == 3
-    old_run = TrainConfig.from_dict({"loss": "ce", "epochs": 5, "out": str(tmp_path)})
-    assert old_run.validate().epochs == 5
+    old_run = TrainConfig.from_dict({"loss": "ce", "epochs": 5, "lr": 2e-3, "out": str(tmp_path)})
+    assert (old_run.validate().epochs, old_run.lr) == (5, 2e-3)
+    # ResNet-50's own pre-training defaults (the backbone registry), for pre-training only
+    r50 = {loss: TrainConfig(loss=loss, backbone="resnet50", out=str(tmp_path)).validate()
+           for loss in ("supcon", "npairs", "ce")}
+    assert [(r50[k].epochs, r50[k].lr) for k in ("supcon", "npairs", "ce")] == [
+        (20, 3e-3), (20, 3e-3), (20, 1e-3)]
+    given = TrainConfig(backbone="resnet50", epochs=2, lr=1e-2, out=str(tmp_path)).validate()
+    assert (given.epochs, given.lr) == (2, 1e-2)
+    assert TrainConfig(out=str(tmp_path)).validate().lr == 1e-3
 
 
 def test_joint_supcon_ce_run(tmp_path):

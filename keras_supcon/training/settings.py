@@ -44,6 +44,7 @@ DEFAULT_TEMPERATURE = {n: s.temperature for n, s in LOSS_SPECS.items() if s.temp
 # 5 left cross-entropy under-trained (train accuracy 0.96 and rising, test accuracy at the
 # raw-pixel baseline).
 DEFAULT_EPOCHS = {PRETRAIN: 5, END_TO_END: 20}
+DEFAULT_LR = 1e-3  # a backbone's registry entry may change it for pre-training (pretrain_defaults)
 PROBES = ("linear", "nn")
 PROBE_FITS = ("cached", "images")
 
@@ -102,12 +103,13 @@ class TrainConfig:
     center_alpha: float = setting(0.5, "center: update rate of the class centres, in (0, 1]")
     views: int = setting(2, "augmented views per image (barlow: 2)")
     epochs: int | None = setting(
-        None, "pre-training epochs (pre-training losses, default 5), or training epochs of the "
-              "classifier (end-to-end losses, default 20)")
+        None, "pre-training epochs (pre-training losses, default 5; resnet50: 20), or training "
+              "epochs of the classifier (end-to-end losses, default 20)")
     linear_epochs: int = setting(5, "probe fitted on images: epochs")
     batch_size: int = setting(64, "global batch size (images; each brings --views views)")
     optimizer: str = setting("adam", "optimizer of every stage", choices=OPTIMIZERS)
-    lr: float = setting(1e-3, "peak learning rate (linear warm-up, then cosine decay)")
+    lr: float | None = setting(None, "peak learning rate (linear warm-up, then cosine decay); "
+                                     "default 1e-3 (pre-training resnet50: 3e-3)")
     linear_lr: float = setting(1e-3, "learning rate of the probe (nn probe, or fitted on "
                                      "images)")
     weight_decay: float = setting(0.0, "decoupled weight decay of the optimizer")
@@ -169,8 +171,7 @@ class TrainConfig:
         for name in ("loss", "optimizer", "variant", "mining", "probe", "probe_fit"):
             check_choice(getattr(self, name), _field(name).metadata["choices"],
                          name.replace("_", " "))
-        if self.epochs is None:
-            self.epochs = DEFAULT_EPOCHS[LOSS_SPECS[self.loss].kind]
+        self._fill_defaults()
         if self.temperature is None and self.loss in DEFAULT_TEMPERATURE:
             self.temperature = DEFAULT_TEMPERATURE[self.loss]
         get_policy(self.augmentation or "simclr", crop_scale=self.crop_scale, flip=self.flip,
@@ -191,6 +192,16 @@ class TrainConfig:
         if self.out is None:
             self.out = str(default_run_dir(self.dataset, self.backbone, self.loss))
         return self
+
+    def _fill_defaults(self):
+        """The epochs by the loss's kind and the learning rate, unless given; pre-training
+        takes its backbone's own values where the registry has some (``pretrain_defaults``)."""
+        kind = LOSS_SPECS[self.loss].kind
+        own = dict(get_backbone(self.backbone).pretrain_defaults) if kind == PRETRAIN else {}
+        if self.epochs is None:
+            self.epochs = own.get("epochs", DEFAULT_EPOCHS[kind])
+        if self.lr is None:
+            self.lr = own.get("lr", DEFAULT_LR)
 
     def _check_numbers(self):
         if self.batch_size < 1:
