@@ -118,9 +118,8 @@ def _batch_statistics(model, layers):
             return [(_numpy(layer.moving_mean), _numpy(layer.moving_variance))
                     for layer in layers]
         return eager
-    signature = ("tensorflow", tuple(id(layer) for layer in layers))
-    cached = _COMPILED.get(model)
-    if cached is None or cached[0] != signature:
+
+    def compile_pass():
         import tensorflow as tf
 
         def read(variable):
@@ -130,10 +129,20 @@ def _batch_statistics(model, layers):
         def forward(x):
             model(x, training=True)
             return [(read(layer.moving_mean), read(layer.moving_variance)) for layer in layers]
+        return forward
 
-        cached = _COMPILED[model] = (signature, forward)
-    forward = cached[1]
+    forward = _compiled(model, ("tensorflow", tuple(id(layer) for layer in layers)),
+                        compile_pass)
     return lambda x: [(m.numpy(), v.numpy()) for m, v in forward(x)]
+
+
+def _compiled(model, signature, compile_pass):
+    """The pass kept for ``model`` if it was compiled for the same ``signature``, else a new
+    one from ``compile_pass()`` (kept in its place)."""
+    cached = _COMPILED.get(model)
+    if cached is None or cached[0] != signature:
+        cached = _COMPILED[model] = (signature, compile_pass())
+    return cached[1]
 
 
 def _jax_statistics(model, layers):
@@ -144,16 +153,14 @@ def _jax_statistics(model, layers):
     index = {id(v): i for i, v in enumerate(non_trainable)}
     picks = tuple((index[id(layer.moving_mean)], index[id(layer.moving_variance)])
                   for layer in layers)
-    signature = ("jax", len(trainable), len(non_trainable), picks)
-    cached = _COMPILED.get(model)
-    if cached is None or cached[0] != signature:
-        def forward(trainable_values, non_trainable_values, x):
-            _, updated = model.stateless_call(trainable_values, non_trainable_values, x,
-                                              training=True)
-            return [(updated[i], updated[j]) for i, j in picks]
 
-        cached = _COMPILED[model] = (signature, jax.jit(forward))
-    forward = cached[1]
+    def step(trainable_values, non_trainable_values, x):
+        _, updated = model.stateless_call(trainable_values, non_trainable_values, x,
+                                          training=True)
+        return [(updated[i], updated[j]) for i, j in picks]
+
+    forward = _compiled(model, ("jax", len(trainable), len(non_trainable), picks),
+                        lambda: jax.jit(step))
 
     def statistics(x):
         x = keras.tree.map_structure(np.asarray, x)  # e.g. tf.data's tensors

@@ -172,8 +172,6 @@ class TrainConfig:
             check_choice(getattr(self, name), _field(name).metadata["choices"],
                          name.replace("_", " "))
         self._fill_defaults()
-        if self.temperature is None and self.loss in DEFAULT_TEMPERATURE:
-            self.temperature = DEFAULT_TEMPERATURE[self.loss]
         get_policy(self.augmentation or "simclr", crop_scale=self.crop_scale, flip=self.flip,
                    jitter=self.jitter)  # a bad name or override fails here
         check_strategy(self.strategy)
@@ -194,8 +192,11 @@ class TrainConfig:
         return self
 
     def _fill_defaults(self):
-        """The epochs by the loss's kind and the learning rate, unless given; pre-training
-        takes its backbone's own values where the registry has some (``pretrain_defaults``)."""
+        """The loss's temperature, the epochs by the loss's kind and the learning rate,
+        unless given; pre-training takes its backbone's own values where the registry has
+        some (``pretrain_defaults``)."""
+        if self.temperature is None and self.loss in DEFAULT_TEMPERATURE:
+            self.temperature = DEFAULT_TEMPERATURE[self.loss]
         kind = LOSS_SPECS[self.loss].kind
         own = dict(get_backbone(self.backbone).pretrain_defaults) if kind == PRETRAIN else {}
         if self.epochs is None:
