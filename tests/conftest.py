@@ -71,11 +71,35 @@ def pytest_configure(config):
     os.environ[ISA_ENV] = isa  # the workers and subprocesses inherit the mode
 
 
-def _uses_module_fixture(item):
-    """Whether ``item`` uses a module-scoped fixture (a trained run, a sweep, ...)."""
+def _module_fixtures(item):
+    """The module-scoped fixtures (a trained run, a sweep, ...) ``item`` uses, each as
+    ``name`` or ``name=param``: one parametrised fixture is one setup per parameter.
+    (No ``]`` in a group's name: pytest-xdist reads ``...]`` at a node id's end as a
+    parameter, not a group.)"""
     info = getattr(item, "_fixtureinfo", None)
-    return bool(info) and any(defs[-1].scope == "module"
-                              for defs in info.name2fixturedefs.values())
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    return {name if name not in params else f"{name}={params[name]}".replace("]", ")")
+            for name, defs in (info.name2fixturedefs.items() if info else ())
+            if defs[-1].scope == "module"}
+
+
+def _fixture_groups(items):
+    """``{item: group}``: the tests that share a module-scoped fixture setup, directly or
+    through other tests, form one group, named ``module::fixture`` after one of them
+    (union-find over the fixtures); tests that use none are in no group."""
+    parent = {}
+
+    def root(key):
+        while parent.setdefault(key, key) != key:
+            key = parent[key]
+        return key
+
+    keys_of = {item: sorted(f"{item.module.__name__}::{k}" for k in _module_fixtures(item))
+               for item in items}
+    for keys in keys_of.values():
+        for key in keys[1:]:
+            parent[root(key)] = root(keys[0])
+    return {item: root(keys[0]) for item, keys in keys_of.items() if keys}
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
@@ -84,14 +108,13 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "bfloat16" in item.keywords:
                 item.add_marker(pytest.mark.skip(reason=BF16_EMULATION_REASON))
-    # --dist loadgroup (pyproject.toml): the tests that share a module-scoped fixture (a
-    # trained run) run on one worker, so it is built once; every other test is scheduled on
-    # its own, so a module of long independent tests (the distributed jobs) spreads over the
-    # workers. (pytest 9.2 silently ignores the groups: pytest-xdist#1386; pyproject pins
-    # pytest below it.)
-    for item in items:
-        if _uses_module_fixture(item):
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+    # --dist loadgroup (pyproject.toml): the tests that share a module-scoped fixture setup
+    # (a trained run) run on one worker, so it is built once; every other test, and the tests
+    # of another fixture of the same module, are scheduled on their own, so a module of long
+    # independent jobs (the distributed ones) spreads over the workers. (pytest 9.2 silently
+    # ignores the groups: pytest-xdist#1386; pyproject pins pytest below it.)
+    for item, group in _fixture_groups(items).items():
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 def pytest_report_header(config):

@@ -1,10 +1,8 @@
 """One training step of small models, on one device and data-parallel over logical
 CPU devices; run in a subprocess by ``test_distribute.py``.
 
-``python tests/distributed_step.py --job REPLICAS TRAIN-OPTIONS...`` runs
-``keras_supcon.train`` on ``REPLICAS`` logical CPU devices.
-
-``python tests/distributed_step.py OUT.npz REPLICAS`` saves, for every loss of
+``python tests/distributed_step.py OUT.npz REPLICAS [--job TRAIN-OPTIONS...]`` saves, for
+every loss of
 :data:`CASES` and every label pattern of :data:`PATTERNS`, the weight change and
 the loss of one SGD step (lr 1, so the change is minus the gradient; for the
 center loss the centres' change too) on one device with the whole batch and on
@@ -16,13 +14,17 @@ the one-device reference runs eagerly (one step: nothing to gain from tracing it
 JAX it is compiled, because eager JAX compiles every op on its own (2-3x slower for one
 step). The replicated step runs as training does, except that TensorFlow's graph
 optimiser (Grappler) is off: its rewrites are not what is tested (about 10% of the time).
+
+With ``--job``, the same process then runs ``keras_supcon.train`` with the options that
+follow (Grappler back on), on the same ``REPLICAS`` devices: one process start and one
+backend start for both checks.
 """
 
 import os
 import sys
 
-job = sys.argv[1] == "--job"
 out, replicas = sys.argv[1], int(sys.argv[2])
+job_args = sys.argv[4:] if sys.argv[3:4] == ["--job"] else None
 backend = os.environ.get("KERAS_BACKEND", "tensorflow")
 if backend == "jax":
     # (other XLA flags, e.g. the suite's --isa cap, are kept)
@@ -34,13 +36,7 @@ else:
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(
         cpu, [tf.config.LogicalDeviceConfiguration()] * replicas)
-    if not job:  # see the module docstring; the job keeps Grappler
-        tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
-
-if job:
-    from keras_supcon.cli.train import main
-
-    sys.exit(main(sys.argv[3:]))
+    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -188,4 +184,15 @@ def main():
     print("ok", backend, replicas)
 
 
+def train_job(args):
+    """``keras_supcon.train ARGS`` as a user runs it (Grappler on again: the job keeps it)."""
+    from keras_supcon.cli.train import main as train_main
+
+    if backend == "tensorflow":
+        tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": False})
+    return train_main(args)
+
+
 main()
+if job_args is not None:
+    sys.exit(train_job(job_args))

@@ -10,12 +10,17 @@ each process holding one CPU device. Every process passes the same global
 the ``p``-th slice of each global batch), as the training job relies on. With
 ``KERAS_DISTRIBUTION_NUM_PROCESSES`` unset it is the single-process reference on
 the whole batch. The initial and final weights go to ``OUT.npz``.
+
+``python tests/multiprocess_step.py OUT.npz --job TRAIN-OPTIONS...`` then runs
+``keras_supcon.train`` with those options in the same processes (one start of each
+process and of the distributed runtime for both checks).
 """
 
 import os
 import sys
 
 out = sys.argv[1]
+job_args = sys.argv[3:] if sys.argv[2:3] == ["--job"] else None
 processes = int(os.environ.get("KERAS_DISTRIBUTION_NUM_PROCESSES", "1"))
 process = int(os.environ.get("KERAS_DISTRIBUTION_PROCESS_ID", "0"))
 os.environ["KERAS_BACKEND"] = "jax"
@@ -56,4 +61,8 @@ with distribution_scope("data-parallel") as devices:
         for i, w in enumerate(model.get_weights()):
             result[f"{name}/weight{i}"] = np.asarray(w)
 np.savez(out, **result)
-print("ok", process, processes)
+print("ok", process, processes, flush=True)
+if job_args is not None:
+    from keras_supcon.cli.train import main
+
+    sys.exit(main(job_args))

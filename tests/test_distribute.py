@@ -32,16 +32,26 @@ def _run(args, backend="tensorflow", timeout=600):
     return proc
 
 
-@pytest.mark.parametrize("backend,replicas", [("tensorflow", 2), ("tensorflow", 3), ("jax", 2)])
-def test_distributed_step_equals_single_device_step(tmp_path, backend, replicas):
-    """One SGD step (lr 1) on R replicas changes the weights (and the center
-    loss's centres) exactly as one step on one device with the concatenated
-    batch, for every loss and mining mode, with label patterns where replicas
-    hold different classes and where an anchor's only positive is on another
-    replica (MirroredStrategy on TensorFlow, keras.distribution.DataParallel on JAX)."""
-    out = tmp_path / "step.npz"
-    _run([HERE / "distributed_step.py", out, replicas], backend=backend)
-    result = np.load(out)
+JOB = ["--dataset", "digits", "--backbone", "small_resnet", "--image-size", "8",
+       "--epochs", "1", "--batch-size", "64", "--precise-bn-batches", "4", "--verbose", "0"]
+STRATEGY = {"tensorflow": "mirrored", "jax": "data-parallel"}
+
+
+@pytest.fixture(scope="module", params=["tensorflow", "jax"])
+def two_replicas(request, tmp_path_factory):
+    """One process on two logical CPU devices of ``backend``: the one-step comparison
+    (``step.npz``), then the whole training job (``run/``) with ``--strategy
+    mirrored`` (TensorFlow) or ``data-parallel`` (JAX); one process start for both."""
+    backend = request.param
+    tmp = tmp_path_factory.mktemp(f"two_replicas_{backend}")
+    _run([HERE / "distributed_step.py", tmp / "step.npz", 2, "--job", *JOB,
+          "--linear-epochs", "1", "--strategy", STRATEGY[backend], "--out", tmp / "run"],
+         backend=backend)
+    return backend, tmp / "step.npz", tmp / "run"
+
+
+def _check_step(result):
+    """The step on the replicas equals the step on one device, for every case."""
     singles = sorted({k.rsplit("/", 2)[0] for k in result if "/single/" in k})
     cases = {tag.split("/")[0] for tag in singles}
     assert cases == set(CASES), cases
@@ -57,6 +67,23 @@ def test_distributed_step_equals_single_device_step(tmp_path, backend, replicas)
         for key in deltas:
             np.testing.assert_allclose(result[key.replace(single, split)], result[key],
                                        rtol=1e-4, atol=1e-6, err_msg=f"{tag} {key}")
+
+
+def test_distributed_step_equals_single_device_step(two_replicas):
+    """One SGD step (lr 1) on 2 replicas changes the weights (and the center
+    loss's centres) exactly as one step on one device with the concatenated
+    batch, for every loss and mining mode, with label patterns where replicas
+    hold different classes and where an anchor's only positive is on another
+    replica (MirroredStrategy on TensorFlow, keras.distribution.DataParallel on JAX)."""
+    _check_step(np.load(two_replicas[1]))
+
+
+def test_distributed_step_on_three_replicas(tmp_path):
+    """The same on 3 TensorFlow replicas (4 + 4 + 4 images): each holds a class no
+    other one holds, and more anchors find their only positive on another replica."""
+    out = tmp_path / "step.npz"
+    _run([HERE / "distributed_step.py", out, 3])
+    _check_step(np.load(out))
 
 
 def _free_port():
@@ -88,18 +115,30 @@ def _jax_processes(args_of, count=2, timeout=600):
     return outputs
 
 
-def test_two_jax_processes_train_as_one(tmp_path):
+@pytest.fixture(scope="module")
+def two_jax_processes(tmp_path_factory):
+    """Two JAX processes on localhost, one CPU device each, joined by
+    ``KERAS_DISTRIBUTION_*``: each trains the small model of ``multiprocess_step.py``
+    (``p{i}.npz``), then runs ``python -m keras_supcon.train --strategy data-parallel``
+    with its own run directory (``run{i}``); and the single-process reference of the
+    small model (``single.npz``)."""
+    tmp = tmp_path_factory.mktemp("two_jax_processes")
+    script = HERE / "multiprocess_step.py"
+    _jax_processes(lambda i: [script, tmp / f"p{i}.npz", "--job", *JOB,
+                              "--strategy", "data-parallel", "--out", tmp / f"run{i}"])
+    single = _run([script, tmp / "single.npz"], backend="jax")
+    assert "ok 0 1" in single.stdout
+    return tmp
+
+
+def test_two_jax_processes_train_as_one(two_jax_processes):
     """The multi-machine route, as two processes on localhost:
     ``keras.distribution.initialize`` from ``KERAS_DISTRIBUTION_*`` (CPU collectives
     over Gloo), ``DataParallel`` over one CPU device per process, ``fit`` on the
     same global tf.data batches in each. Both finish, their final weights are
     equal, and equal those of one process training on the whole batches."""
-    script = HERE / "multiprocess_step.py"
-    _jax_processes(lambda i: [script, tmp_path / f"p{i}.npz"])
-    single = _run([script, tmp_path / "single.npz"], backend="jax")
-    assert "ok 0 1" in single.stdout
-    reference = np.load(tmp_path / "single.npz")
-    first, second = (np.load(tmp_path / f"p{i}.npz") for i in range(2))
+    reference = np.load(two_jax_processes / "single.npz")
+    first, second = (np.load(two_jax_processes / f"p{i}.npz") for i in range(2))
     assert sorted(first) == sorted(reference) and len(reference) == 18
     # Training moved the weights, so equal weights are not equal initial weights.
     assert np.abs(reference["supcon/weight0"] - reference["supcon/initial0"]).max() > 1e-2
@@ -108,48 +147,37 @@ def test_two_jax_processes_train_as_one(tmp_path):
         np.testing.assert_allclose(first[key], reference[key], rtol=1e-5, atol=1e-6, err_msg=key)
 
 
-def test_two_jax_processes_run_the_training_job(tmp_path):
+def test_two_jax_processes_run_the_training_job(two_jax_processes):
     """``python -m keras_supcon.train --strategy data-parallel`` as two processes on
-    localhost, each with its own run directory: pre-training across both, then
+    localhost (after the small model, in the same processes: the processes join once),
+    each with its own run directory: pre-training across both, then
     the probe, the evaluation and the export on each process's own device
     (``training.distribute.process_local``; Keras' ``predict`` cannot fetch outputs
     sharded over processes). Both finish with the same metrics; process 0 alone writes the
     figures and the SavedModel (its run directory is the result)."""
-    _jax_processes(lambda i: ["-m", "keras_supcon.train", "--dataset", "digits",
-                              "--backbone", "small_resnet", "--image-size", "8",
-                              "--epochs", "1", "--batch-size", "64", "--precise-bn-batches", "4",
-                              "--strategy", "data-parallel", "--out", tmp_path / f"run{i}",
-                              "--verbose", "0"])
-    first, second = (json.loads((tmp_path / f"run{i}" / "metrics.json").read_text())
+    first, second = (json.loads((two_jax_processes / f"run{i}" / "metrics.json").read_text())
                      for i in range(2))
     assert first["replicas"] == second["replicas"] == 2
     for key in ("accuracy", "f1_macro"):
         assert first[key] == second[key], key
     assert first["embedding"]["knn_accuracy"] == second["embedding"]["knn_accuracy"]
-    chief, other = tmp_path / "run0", tmp_path / "run1"
+    chief, other = two_jax_processes / "run0", two_jax_processes / "run1"
     outputs = ("saved_model", "tsne.png", "confusion.png", "curves.png")
     assert all((chief / name).exists() for name in outputs)
     assert not any((other / name).exists() for name in outputs)
     assert first["saved_model_max_abs_diff"] < 1e-4 and "saved_model_max_abs_diff" not in second
 
 
-@pytest.mark.parametrize("backend,strategy", [("tensorflow", "mirrored"),
-                                              ("jax", "data-parallel")])
-def test_train_job_on_two_replicas(tmp_path, backend, strategy):
+def test_train_job_on_two_replicas(two_replicas):
     """The whole job on two logical CPU devices: pre-training, linear
     evaluation (full batches only under keras.distribution), metrics, export."""
-    out = tmp_path / "run"
-    _run([HERE / "distributed_step.py", "--job", 2, "--dataset", "digits",
-          "--backbone", "small_resnet", "--image-size", "8", "--epochs", "1",
-          "--linear-epochs", "1", "--batch-size", "64", "--precise-bn-batches", "4",
-          "--strategy", strategy,
-          "--out", out, "--verbose", "0"], backend=backend)
+    backend, _, out = two_replicas
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["replicas"] == 2
     # The job learnt: chance is 0.1 (10 classes); seeded, it reached 0.97 (tensorflow) and
     # 0.96 (jax), accuracy and macro F1 alike. 0.5 leaves ample room for another CPU's
     # round-off and still fails a job that did not learn.
-    assert metrics["accuracy"] > 0.5 and metrics["f1_macro"] > 0.5, metrics
+    assert metrics["accuracy"] > 0.5 and metrics["f1_macro"] > 0.5, (backend, metrics)
     assert (out / "saved_model").is_dir()
 
 

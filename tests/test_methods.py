@@ -41,14 +41,29 @@ def _history_stages(out):
     return list(dict.fromkeys(r["stage"] for r in csv.DictReader((out / "history.csv").open())))
 
 
-@pytest.mark.parametrize("loss, settings, stages", [
-    ("triplet", dict(mining="hard", margin=0.3), ["pretrain", "linear"]),
-    ("barlow", dict(head_hidden=64, projection_dim=32), ["pretrain", "linear"]),
-    ("center", dict(center_weight=0.01), ["ce"]),
-])
-def test_each_method_runs_the_whole_job(tmp_path, loss, settings, stages):
-    out = tmp_path / loss
-    metrics = train(loss=loss, out=str(out), bn_momentum=0.8, **QUICK, **settings)
+BARLOW = dict(head_hidden=64, projection_dim=32)
+
+
+@pytest.fixture(scope="module")
+def barlow_run(tmp_path_factory):
+    """A Barlow Twins run (BatchNorm momentum 0.8), with the BatchNorm layers each
+    precise-BN pass recomputed: the method's whole job, and the encoder fine-tuned below."""
+    out = tmp_path_factory.mktemp("methods") / "barlow"
+    calibrated = []
+    real = stages_module.precise_batchnorm
+
+    def recording(model, *args, **kwargs):
+        calibrated.append({layer.name for layer in batchnorm_layers(model)})
+        return real(model, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(stages_module, "precise_batchnorm", recording)
+        mp.setattr(callbacks_module, "precise_batchnorm", recording)
+        metrics = train(loss="barlow", out=str(out), bn_momentum=0.8, **QUICK, **BARLOW)
+    return out, metrics, calibrated
+
+
+def _check_method_run(out, metrics, loss, settings, stages):
     assert _history_stages(out) == stages
     assert metrics["accuracy"] > 0.2 and metrics["embedding"]["knn_accuracy"] > 0.2  # chance 0.1
     saved = json.loads((out / "config.json").read_text())["settings"]
@@ -57,6 +72,21 @@ def test_each_method_runs_the_whole_job(tmp_path, loss, settings, stages):
     assert "center_loss" not in [layer.name for layer in classifier.layers]  # inference model
     assert batchnorm_momenta(classifier, keras.models.load_model(out / "encoder.keras")) == {0.8}
     assert (out / "saved_model").exists() and metrics["saved_model_max_abs_diff"] < 1e-4
+
+
+@pytest.mark.parametrize("loss, settings, stages", [
+    ("triplet", dict(mining="hard", margin=0.3), ["pretrain", "linear"]),
+    ("center", dict(center_weight=0.01), ["ce"]),
+])
+def test_each_method_runs_the_whole_job(tmp_path, loss, settings, stages):
+    out = tmp_path / loss
+    metrics = train(loss=loss, out=str(out), bn_momentum=0.8, **QUICK, **settings)
+    _check_method_run(out, metrics, loss, settings, stages)
+
+
+def test_barlow_twins_runs_the_whole_job(barlow_run):
+    out, metrics, _ = barlow_run
+    _check_method_run(out, metrics, "barlow", BARLOW, ["pretrain", "linear"])
 
 
 def test_pretraining_losses_get_their_settings():
@@ -126,18 +156,8 @@ def test_nn_probe_and_softmax_regression_options(tmp_path, monkeypatch):
     assert metrics["accuracy"] > 0.5  # softmax regression on digits is a real classifier
 
 
-def test_fine_tune_linear_and_nn_on_a_pretrained_encoder(tmp_path, monkeypatch):
-    run = tmp_path / "pre"
-    calibrated = []   # the BatchNorm layers each precise-BN pass recomputes
-    real = stages_module.precise_batchnorm
-
-    def recording(model, *args, **kwargs):
-        calibrated.append({layer.name for layer in batchnorm_layers(model)})
-        return real(model, *args, **kwargs)
-
-    monkeypatch.setattr(stages_module, "precise_batchnorm", recording)
-    monkeypatch.setattr(callbacks_module, "precise_batchnorm", recording)
-    train(loss="barlow", head_hidden=32, projection_dim=16, out=str(run), **QUICK)
+def test_fine_tune_linear_and_nn_on_a_pretrained_encoder(barlow_run, tmp_path):
+    run, _, calibrated = barlow_run
     # the Barlow projector's BatchNorm layers are recalibrated with the encoder's
     encoder_bn = {layer.name for layer in batchnorm_layers(
         keras.models.load_model(run / "encoder.keras"))}

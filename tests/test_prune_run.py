@@ -6,6 +6,9 @@ import hashlib
 import json
 import os
 import re
+import subprocess
+import sys
+import textwrap
 import zipfile
 
 import keras
@@ -69,13 +72,30 @@ def comparisons(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def sweep(trained_run):
+    """The sweep (0% and 50%) as a user's fresh process runs it: tfmot's import sets
+    TF_USE_LEGACY_KERAS=1 and turns tf.keras into Keras 2 for the whole process; the
+    child reports both after the prune (``environment``), and the result as JSON."""
     before = _tree_digest(trained_run)
-    result = prune_run(run_dir=str(trained_run), sparsity=(0.0, 0.5), **QUICK_PRUNE)
-    return trained_run, result, before
+    child = textwrap.dedent(f"""
+        import json, os
+        from keras_supcon.compression.run import prune_run
+        result = prune_run(run_dir={str(trained_run)!r}, sparsity=(0.0, 0.5),
+                           **{QUICK_PRUNE!r})
+        import tensorflow as tf
+        print(json.dumps({{"environment": {{"legacy": os.environ.get("TF_USE_LEGACY_KERAS"),
+                                           "tf_keras": tf.keras.__version__}},
+                          "result": result}}))
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, env=env,
+                         timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    reply = json.loads(out.stdout.strip().splitlines()[-1])
+    return trained_run, reply["result"], before, reply["environment"]
 
 
 def test_pruning_never_touches_the_run(sweep):
-    run, _, before = sweep
+    run, _, before, _ = sweep
     assert _tree_digest(run) == before
     assert sorted(p.name for p in (run / "pruning").iterdir()) == [
         "magnitude-s0.00", "magnitude-s0.50", "sweep.csv", "sweep.md", "sweep.png"]
@@ -86,7 +106,7 @@ def test_pruning_never_touches_the_run(sweep):
 
 
 def test_exported_kernels_are_at_least_half_zero(sweep):
-    run, result, _ = sweep
+    run, result, _, _ = sweep
     job = run / "pruning" / "magnitude-s0.50"
     model = keras.models.load_model(job / "pruned_classifier.keras")
     names = prunable_layers(model)
@@ -104,7 +124,7 @@ def test_exported_kernels_are_at_least_half_zero(sweep):
 
 
 def test_report_sizes_are_those_of_the_files(sweep, tmp_path):
-    run, result, _ = sweep
+    run, result, _, _ = sweep
     for report in result["reports"]:
         job = run / "pruning" / f"magnitude-s{report['target_sparsity']:.2f}"
         on_disk = json.loads((job / "compression.json").read_text())
@@ -131,7 +151,7 @@ def test_report_sizes_are_those_of_the_files(sweep, tmp_path):
 
 
 def test_pruned_saved_model_loads_both_ways_and_matches_the_stripped_model(sweep):
-    run, _, _ = sweep
+    run, _, _, _ = sweep
     job = run / "pruning" / "magnitude-s0.50"
     model = keras.models.load_model(job / "pruned_classifier.keras")
     images = next(iter(supervised_batches(load_dataset("digits").test, SIZE, 32)))[0]
@@ -146,7 +166,7 @@ def test_pruned_saved_model_loads_both_ways_and_matches_the_stripped_model(sweep
 
 
 def test_sweep_table_is_the_reports(sweep):
-    run, result, _ = sweep
+    run, result, _, _ = sweep
     rows = list(csv.DictReader((run / "pruning" / "sweep.csv").open()))
     assert [r["target_sparsity"] for r in rows] == ["dense", "0.0", "0.5"]
     assert float(rows[0]["accuracy"]) == result["baseline"]["accuracy"]
@@ -161,12 +181,13 @@ def test_sweep_table_is_the_reports(sweep):
 
 
 def test_repeating_the_command_reuses_finished_jobs(sweep):
-    run, result, _ = sweep
+    run, result, _, _ = sweep
     report_file = run / "pruning" / "magnitude-s0.50" / "compression.json"
     stamp = report_file.stat().st_mtime_ns
     again = prune_run(run_dir=str(run), sparsity=0.5, tflite=False, **QUICK_PRUNE)
     assert report_file.stat().st_mtime_ns == stamp
-    assert again["reports"][0]["pruned"] == result["reports"][1]["pruned"]
+    # (the sweep's result came through JSON)
+    assert json.loads(json.dumps(again["reports"][0]["pruned"])) == result["reports"][1]["pruned"]
 
 
 def test_lottery_ticket_is_reported_beside_one_shot_pruning(trained_run, comparisons):
@@ -243,31 +264,14 @@ def test_readme_prune_commands_parse():
 
 
 def test_a_finished_job_with_other_settings_is_not_reused(sweep, capsys):
-    run, _, _ = sweep
+    run, _, _, _ = sweep
     assert main([str(run), "--sparsity", "0.5", "--epochs", "2", "--no-tflite"]) == 2
     err = capsys.readouterr().err
     assert "holds a finished job with other settings (epochs: 1 there, 2 now)" in err
 
 
-def test_pruning_leaves_tf_keras_and_the_environment_as_they_were(trained_run, tmp_path):
+def test_pruning_leaves_tf_keras_and_the_environment_as_they_were(sweep):
     """tfmot's import sets TF_USE_LEGACY_KERAS=1 and turns tf.keras into Keras 2 for
-    the whole process; after a prune in a fresh process both are as before."""
-    import subprocess
-    import sys
-    import textwrap
-
-    child = textwrap.dedent(f"""
-        import json, os
-        from keras_supcon.compression.run import prune_run
-        prune_run(run_dir={str(trained_run)!r}, out={str(tmp_path / "pruning")!r},
-                  sparsity=0.5, epochs=1, verbose=0, tflite=False)
-        import tensorflow as tf
-        print(json.dumps({{"legacy": os.environ.get("TF_USE_LEGACY_KERAS"),
-                          "tf_keras": tf.keras.__version__}}))
-    """)
-    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
-    out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, env=env,
-                         timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["legacy"] is None and result["tf_keras"].startswith("3."), result
+    the whole process; after a prune in a fresh process (the sweep's) both are as before."""
+    environment = sweep[3]
+    assert environment["legacy"] is None and environment["tf_keras"].startswith("3."), environment

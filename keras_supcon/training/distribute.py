@@ -73,7 +73,7 @@ def distribution_scope(name):
         import os
 
         if int(os.environ.get("KERAS_DISTRIBUTION_NUM_PROCESSES", "1")) > 1:
-            keras.distribution.initialize()
+            _join_processes()
         previous = keras.distribution.distribution()
         distribution = keras.distribution.DataParallel()
         keras.distribution.set_distribution(distribution)
@@ -83,6 +83,15 @@ def distribution_scope(name):
             yield replicas
         finally:
             keras.distribution.set_distribution(previous)
+
+
+def _join_processes():
+    """``keras.distribution.initialize()`` once per process: a second job in the same
+    process (a notebook, a study) joins the processes already joined."""
+    import jax
+
+    if not jax.distributed.is_initialized():
+        keras.distribution.initialize()
 
 
 @functools.cache
