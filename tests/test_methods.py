@@ -75,13 +75,19 @@ def _check_method_run(out, metrics, loss, settings, stages):
 
 
 @pytest.mark.parametrize("loss, settings, stages", [
-    ("triplet", dict(mining="hard", margin=0.3), ["pretrain", "linear"]),
+    # (the linear probe refit on train + validation once C is chosen)
+    ("triplet", dict(mining="hard", margin=0.3, probe_refit=True), ["pretrain", "linear"]),
     ("center", dict(center_weight=0.01), ["ce"]),
 ])
 def test_each_method_runs_the_whole_job(tmp_path, loss, settings, stages):
     out = tmp_path / loss
     metrics = train(loss=loss, out=str(out), bn_momentum=0.8, **QUICK, **settings)
     _check_method_run(out, metrics, loss, settings, stages)
+    if settings.get("probe_refit"):
+        probe = json.loads((out / "probe.json").read_text())
+        data = load_dataset("digits")
+        assert probe["fitted_on"] == "train+validation"
+        assert probe["fitted_images"] == data.sizes["train"] + data.sizes["val"]
 
 
 def test_barlow_twins_runs_the_whole_job(barlow_run):
@@ -274,6 +280,7 @@ def test_pseudo_labelling_reads_an_unlabelled_tfds_split(tmp_path):
     (train_main, ["--loss", "barlow", "--views", "1"], "exactly two views"),
     (train_main, ["--loss", "center", "--center-alpha", "0"], "alpha must be in (0, 1]"),
     (train_main, ["--probe-hidden", "0"], "probe_hidden must be a positive width"),
+    (train_main, ["--probe", "nn", "--probe-refit"], "refits the linear probe on cached"),
     (train_main, ["--loss", "triplet", "--margin", "-1"], "margin must be >= 0"),
     (train_main, ["--loss", "ce", "--clipnorm", "0"], "clipping norm must be > 0"),
 ])

@@ -177,6 +177,35 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path, monkeypatch):
     assert json.loads((out / "metrics.json").read_text())["accuracy"] == metrics["accuracy"]
 
 
+def test_linear_probe_refit_on_train_and_validation():
+    """--probe-refit: C is chosen on validation as before, then the probe is scikit-learn's
+    fit with that C on both splits, standardised on both."""
+    from sklearn.linear_model import LogisticRegression
+
+    from keras_supcon.training.probe import fit_logistic_probe
+
+    rng = np.random.default_rng(0)
+
+    def split(n):
+        x = rng.normal(size=(n, 6))
+        return x, (x[:, 0] + rng.normal(size=n) > 0) + 2 * (x[:, 1] > 0)
+
+    train_split, val_split = split(80), split(40)
+    kernel, bias, chosen = fit_logistic_probe(train_split, val_split, 4)
+    kernel2, bias2, refit = fit_logistic_probe(train_split, val_split, 4, refit=True)
+    assert (chosen["fitted_on"], chosen["fitted_images"]) == ("train", 80)
+    assert (refit["fitted_on"], refit["fitted_images"]) == ("train+validation", 120)
+    assert (refit["C"], refit["grid"], refit["val_accuracy"]) == (
+        chosen["C"], chosen["grid"], chosen["val_accuracy"])
+    x = np.concatenate([train_split[0], val_split[0]])
+    y = np.concatenate([train_split[1], val_split[1]])
+    z = (x - x.mean(0)) / x.std(0)
+    reference = LogisticRegression(C=chosen["C"], max_iter=1000).fit(z, y)
+    np.testing.assert_allclose(x @ kernel2 + bias2, reference.decision_function(z),
+                               rtol=1e-9, atol=1e-9)
+    assert np.abs(kernel2 - kernel).max() > 1e-3  # the refit is another probe
+
+
 def test_ce_and_npairs_losses_run(tmp_path):
     for loss in ("ce", "npairs"):
         metrics = train(out=str(tmp_path / loss), loss=loss, bn_momentum=0.8, **QUICK)

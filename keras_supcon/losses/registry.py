@@ -22,7 +22,7 @@ PRETRAIN, END_TO_END = "pretrain", "end_to_end"
 # Settings of every run of a kind (besides the loss's own).
 VIEW_SETTINGS = ("views", "projection_dim", "head_hidden")  # losses trained on views
 PROBE_SETTINGS = ("linear_epochs", "linear_lr", "probe", "probe_hidden", "probe_fit",
-                  "probe_epochs")  # pre-training losses (a probe follows)
+                  "probe_epochs", "probe_refit")  # pre-training losses (a probe follows)
 
 
 @dataclass(frozen=True)

@@ -84,6 +84,9 @@ class TrainConfig:
         group="model", choices=PROBE_FITS)
     probe_epochs: int = setting(100, "nn probe on cached features: epochs (best validation "
                                      "kept)", group="model")
+    probe_refit: bool = setting(False, "linear probe on cached features: once C is chosen on "
+                                       "validation, fit it again on train + validation",
+                                group="model")
     loss: str = setting(
         "supcon", "pre-training loss (supcon, simclr, npairs, triplet, barlow: then a probe on "
                   "the frozen encoder), or an end-to-end one: ce (cross-entropy), center "
@@ -180,6 +183,10 @@ class TrainConfig:
             check_contrastive_batch_size(self.batch_size)
         if self.views < 1 or (self.loss == "simclr" and self.views < 2):
             raise ConfigError(f"views must be >= 1 (>= 2 for simclr); got {self.views}")
+        if self.probe_refit and (self.probe, self.probe_fit) != ("linear", "cached"):
+            raise ConfigError(f"--probe-refit refits the linear probe on cached features "
+                              f"(its C chosen on validation); this run's probe is "
+                              f"{self.probe} fitted on {self.probe_fit}")
         if self.loss == "barlow" and self.views != 2:
             raise ConfigError(f"Barlow Twins compares exactly two views of each image; "
                               f"got --views {self.views}")

@@ -199,7 +199,7 @@ def fit_probe(config, data, run, encoder):
         return classifier
     if config.probe == "linear":
         report = fit_linear_probe(classifier, encoder, data, config.image_size,
-                                  verbose=config.verbose)
+                                  verbose=config.verbose, refit=config.probe_refit)
     else:
         report = fit_mlp_probe(classifier, encoder, data, config.image_size,
                                epochs=config.probe_epochs, lr=config.linear_lr,
