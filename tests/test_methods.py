@@ -42,12 +42,14 @@ def _history_stages(out):
 
 
 BARLOW = dict(head_hidden=64, projection_dim=32)
+NN_PROBE = dict(probe="nn", probe_hidden=24, probe_epochs=30, l2=1e-4)
 
 
 @pytest.fixture(scope="module")
 def barlow_run(tmp_path_factory):
-    """A Barlow Twins run (BatchNorm momentum 0.8), with the BatchNorm layers each
-    precise-BN pass recomputed: the method's whole job, and the encoder fine-tuned below."""
+    """A Barlow Twins run (BatchNorm momentum 0.8) with the nn probe, and the BatchNorm
+    layers each precise-BN pass recomputed: the method's whole job, the nn probe's checks
+    and the encoder fine-tuned below."""
     out = tmp_path_factory.mktemp("methods") / "barlow"
     calibrated = []
     real = stages_module.precise_batchnorm
@@ -59,7 +61,8 @@ def barlow_run(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(stages_module, "precise_batchnorm", recording)
         mp.setattr(callbacks_module, "precise_batchnorm", recording)
-        metrics = train(loss="barlow", out=str(out), bn_momentum=0.8, **QUICK, **BARLOW)
+        metrics = train(loss="barlow", out=str(out), bn_momentum=0.8, **QUICK, **BARLOW,
+                        **NN_PROBE)
     return out, metrics, calibrated
 
 
@@ -92,7 +95,7 @@ def test_each_method_runs_the_whole_job(tmp_path, loss, settings, stages):
 
 def test_barlow_twins_runs_the_whole_job(barlow_run):
     out, metrics, _ = barlow_run
-    _check_method_run(out, metrics, "barlow", BARLOW, ["pretrain", "linear"])
+    _check_method_run(out, metrics, "barlow", {**BARLOW, **NN_PROBE}, ["pretrain", "linear"])
 
 
 def test_pretraining_losses_get_their_settings():
@@ -121,10 +124,8 @@ def test_center_loss_model_shares_the_classifier_and_updates_centres():
     assert total > ce_only + 1e-3  # the weighted center loss is part of the training loss
 
 
-def test_nn_probe_and_softmax_regression_options(tmp_path, monkeypatch):
-    out = tmp_path / "nn"
-    metrics = train(loss="supcon", probe="nn", probe_hidden=24, probe_epochs=30, l2=1e-4,
-                    bn_momentum=0.8, out=str(out), **QUICK)
+def test_nn_probe_and_softmax_regression_options(barlow_run, tmp_path, monkeypatch):
+    out, metrics, _ = barlow_run  # the nn probe (NN_PROBE) on the Barlow Twins encoder
     classifier = keras.models.load_model(out / "classifier.keras")
     assert classifier.get_layer("hidden").units == 24
     assert batchnorm_momenta(classifier) == {0.8}

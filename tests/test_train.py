@@ -25,15 +25,64 @@ QUICK = dict(backbone="small_resnet", image_size=8, epochs=1, linear_epochs=1, b
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
+class _Crash(keras.callbacks.Callback):
+    """Simulates an interrupted run: raises after a given epoch of a given stage."""
+
+    fired = False
+
+    def __init__(self, stage, epoch):
+        super().__init__()
+        self.stage, self.epoch = stage, epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch and not _Crash.fired:
+            _Crash.fired = True
+            raise KeyboardInterrupt("simulated interruption")
+
+
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
+    """A SupCon run of 3 epochs, interrupted after its second pre-training epoch and
+    resumed (``train(out=..., resume=True)``): every finished-run check below is made on
+    a resumed run. Returns the run directory, the metrics and what the interruption
+    left (``epochs_run``: the epochs each ``fit`` started, both runs together)."""
+    import keras_supcon.training.stages as stages_module
+
+    real = stages_module.stage_callbacks
+    epochs_run = []
+
+    def with_crash(run, stage, **kw):
+        class Count(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                epochs_run.append((stage, epoch + 1))
+        extra = [_Crash(stage, 1)] if stage == "pretrain" else []
+        return real(run, stage, **kw) + [Count()] + extra
+
     out = tmp_path_factory.mktemp("runs") / "supcon"
-    metrics = train(out=str(out), **QUICK)
-    return out, metrics
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(stages_module, "stage_callbacks", with_crash)
+        with pytest.raises(KeyboardInterrupt):
+            train(out=str(out), **dict(QUICK, epochs=3, linear_epochs=2))
+        interrupted = {"checkpoint": (out / "checkpoints" / "pretrain").exists(),
+                       "metrics": (out / "metrics.json").exists()}
+        metrics = train(out=str(out), resume=True)
+    return out, metrics, {"epochs_run": epochs_run, **interrupted}
+
+
+def test_resume_continues_from_the_last_checkpoint(finished_run):
+    out, metrics, interrupted = finished_run
+    assert interrupted["checkpoint"] and not interrupted["metrics"]
+    # (the linear probe is fitted on cached features, not by model.fit epochs)
+    assert interrupted["epochs_run"] == [("pretrain", 1), ("pretrain", 2), ("pretrain", 3)]
+    rows = list(csv.DictReader((out / "history.csv").open()))
+    assert [(r["stage"], int(r["epoch"])) for r in rows] == [
+        ("pretrain", 1), ("pretrain", 2), ("pretrain", 3)] + [
+        ("linear", i) for i in range(1, len(C_GRID) + 1)]
+    assert json.loads((out / "metrics.json").read_text())["accuracy"] == metrics["accuracy"]
 
 
 def test_run_writes_every_output(finished_run):
-    out, metrics = finished_run
+    out, metrics, _ = finished_run
     for name in ["config.json", "history.csv", "metrics.json", "curves.png", "tsne.png",
                  "confusion.png", "encoder.keras", "classifier.keras", "saved_model",
                  "state.json"]:
@@ -51,10 +100,11 @@ def test_run_writes_every_output(finished_run):
     assert np.array(on_disk["confusion_matrix"]).sum() == on_disk["num_examples"] == 360
     rows = list(csv.DictReader((out / "history.csv").open()))
     # the linear probe: one row per L2 strength C tried on the cached features
-    assert [(r["stage"], r["epoch"]) for r in rows] == [("pretrain", "1")] + [
+    assert [(r["stage"], r["epoch"]) for r in rows] == [
+        ("pretrain", str(e)) for e in (1, 2, 3)] + [
         ("linear", str(i)) for i in range(1, len(C_GRID) + 1)]
-    assert [float(r["C"]) for r in rows[1:]] == list(C_GRID)
-    best = max(rows[1:], key=lambda r: float(r["val_accuracy"]))
+    assert [float(r["C"]) for r in rows[3:]] == list(C_GRID)
+    best = max(rows[3:], key=lambda r: float(r["val_accuracy"]))
     assert on_disk["probe"]["C"] == float(best["C"])
     assert on_disk["probe"]["val_accuracy"] == float(best["val_accuracy"])
     assert config["settings"]["probe_fit"] == "cached"
@@ -67,7 +117,7 @@ def test_run_writes_every_output(finished_run):
 
 
 def test_saved_model_reproduces_the_keras_classifier(finished_run):
-    out, _ = finished_run
+    out, _, _ = finished_run
     classifier = keras.models.load_model(out / "classifier.keras")
     images, _ = next(iter(supervised_batches(load_dataset("digits").test, QUICK["image_size"],
                                              64)))
@@ -81,7 +131,7 @@ def test_saved_model_reproduces_the_keras_classifier(finished_run):
 
 
 def test_cli_refuses_a_finished_run_without_overwrite(finished_run, capsys):
-    out, _ = finished_run
+    out, _, _ = finished_run
     assert main(["--out", str(out), "--epochs", "1"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "already holds a finished run" in err
@@ -130,51 +180,6 @@ def test_bad_labels_in_npz_are_reported(capsys, tmp_path):
              class_names=np.array(["a", "b", "c"]))
     assert main(["--dataset", str(tmp_path / "d.npz"), "--out", str(tmp_path / "r")]) == 2
     assert re.search(r"error: .*y_train: 5 label\(s\) outside \[0, 3\)", capsys.readouterr().err)
-
-
-class _Crash(keras.callbacks.Callback):
-    """Simulates an interrupted run: raises after a given epoch of a given stage."""
-
-    fired = False
-
-    def __init__(self, stage, epoch):
-        super().__init__()
-        self.stage, self.epoch = stage, epoch
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch == self.epoch and not _Crash.fired:
-            _Crash.fired = True
-            raise KeyboardInterrupt("simulated interruption")
-
-
-def test_resume_continues_from_the_last_checkpoint(tmp_path, monkeypatch):
-    import keras_supcon.training.stages as stages_module
-
-    real = stages_module.stage_callbacks
-    epochs_run = []
-
-    def with_crash(run, stage, **kw):
-        class Count(keras.callbacks.Callback):
-            def on_epoch_begin(self, epoch, logs=None):
-                epochs_run.append((stage, epoch + 1))
-        extra = [_Crash(stage, 1)] if stage == "pretrain" else []
-        return real(run, stage, **kw) + [Count()] + extra
-
-    monkeypatch.setattr(stages_module, "stage_callbacks", with_crash)
-    out = tmp_path / "r"
-    settings = dict(QUICK, epochs=3, linear_epochs=2)
-    with pytest.raises(KeyboardInterrupt):
-        train(out=str(out), **settings)
-    assert (out / "checkpoints" / "pretrain").exists()
-    assert not (out / "metrics.json").exists()
-    metrics = train(out=str(out), resume=True)
-    # (the linear probe is fitted on cached features, not by model.fit epochs)
-    assert epochs_run == [("pretrain", 1), ("pretrain", 2), ("pretrain", 3)]
-    rows = list(csv.DictReader((out / "history.csv").open()))
-    assert [(r["stage"], int(r["epoch"])) for r in rows] == [
-        ("pretrain", 1), ("pretrain", 2), ("pretrain", 3)] + [
-        ("linear", i) for i in range(1, len(C_GRID) + 1)]
-    assert json.loads((out / "metrics.json").read_text())["accuracy"] == metrics["accuracy"]
 
 
 def test_linear_probe_refit_on_train_and_validation():
