@@ -1,5 +1,9 @@
 """Checks several test modules share (imported like ``tolerances``)."""
 
+import json
+import subprocess
+import sys
+
 
 def batchnorm_momenta(*models):
     """The momentum of every BatchNorm layer of ``models`` (nested models included): a set,
@@ -19,3 +23,12 @@ def architecture(model):
         rows.append((layer.name, type(layer).__name__, [tuple(w.shape) for w in layer.weights],
                      round(float(reg.l2), 12) if reg is not None else None))
     return rows
+
+
+def python_json(script, env, *, cwd=None, timeout=600):
+    """Run ``python -c script`` in a fresh process with environment ``env``; it must
+    succeed, and its last line of output is JSON: the value it printed."""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env=env, cwd=cwd, timeout=timeout)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])

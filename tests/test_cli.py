@@ -4,7 +4,6 @@ library (environment, matplotlib backend)."""
 
 import importlib
 import importlib.metadata
-import json
 import os
 import subprocess
 import sys
@@ -12,6 +11,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from checks import python_json
 
 ROOT = Path(__file__).resolve().parents[1]
 JOBS = {"train": "train", "prune": "prune", "ablation": "ablation", "report": "report",
@@ -115,10 +115,7 @@ def test_importing_and_plotting_change_nothing_in_the_users_process(tmp_path):
                           "open": plt.get_fignums(), "png": path.read_bytes()[:4].hex()}}))
     """)
     env = dict(_clean_env(), MPLBACKEND="svg")  # the user's choice, which Agg used to override
-    out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True,
-                         env=env, timeout=300)
-    assert out.returncode == 0, out.stderr
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = python_json(child, env, timeout=300)
     assert result == {"changed": [], "backend": "svg", "open": [], "png": "89504e47"}, result
 
 

@@ -3,14 +3,12 @@
 the JAX backend in a process where TensorFlow cannot be imported at all."""
 
 import ast
-import json
 import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import numpy as np
+from checks import python_json
 from test_losses import ref_supcon
 from tolerances import F32
 
@@ -45,12 +43,8 @@ BLOCKER = textwrap.dedent(f"""
 """)
 
 
-def _run(script, *, backend, timeout=600):
-    env = dict(os.environ, KERAS_BACKEND=backend)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         env=env, cwd=ROOT, timeout=timeout)
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def _run(script, *, backend):
+    return python_json(script, dict(os.environ, KERAS_BACKEND=backend), cwd=ROOT)
 
 
 def test_losses_and_models_train_on_jax_without_tensorflow(tmp_path):

@@ -6,8 +6,6 @@ import hashlib
 import json
 import os
 import re
-import subprocess
-import sys
 import textwrap
 import zipfile
 
@@ -15,7 +13,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from checks import batchnorm_momenta
+from checks import batchnorm_momenta, python_json
 
 from keras_supcon.cli.prune import main
 from keras_supcon.compression.prune import kernels, prunable_layers
@@ -87,10 +85,7 @@ def sweep(trained_run):
                           "result": result}}))
     """)
     env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
-    out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, env=env,
-                         timeout=900)
-    assert out.returncode == 0, out.stderr[-3000:]
-    reply = json.loads(out.stdout.strip().splitlines()[-1])
+    reply = python_json(child, env, timeout=900)
     return trained_run, reply["result"], before, reply["environment"]
 
 
