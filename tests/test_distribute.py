@@ -32,19 +32,24 @@ def _run(args, backend="tensorflow", timeout=600):
     return proc
 
 
+# 48 images a global batch: it splits over 2 and over 3 replicas.
 JOB = ["--dataset", "digits", "--backbone", "small_resnet", "--image-size", "8",
-       "--epochs", "1", "--batch-size", "64", "--precise-bn-batches", "4", "--verbose", "0"]
+       "--epochs", "1", "--batch-size", "48", "--precise-bn-batches", "4", "--verbose", "0"]
 STRATEGY = {"tensorflow": "mirrored", "jax": "data-parallel"}
+# TensorFlow on 3 replicas (4 + 4 + 4 images a step: each holds a class no other one holds,
+# and more anchors find their only positive on another replica than on 2), JAX on 2.
+REPLICAS = {"tensorflow": 3, "jax": 2}
 
 
 @pytest.fixture(scope="module", params=["tensorflow", "jax"])
-def two_replicas(request, tmp_path_factory):
-    """One process on two logical CPU devices of ``backend``: the one-step comparison
-    (``step.npz``), then the whole training job (``run/``) with ``--strategy
-    mirrored`` (TensorFlow) or ``data-parallel`` (JAX); one process start for both."""
+def replicas(request, tmp_path_factory):
+    """One process on ``REPLICAS[backend]`` logical CPU devices of ``backend``: the
+    one-step comparison (``step.npz``), then the whole training job (``run/``) with
+    ``--strategy mirrored`` (TensorFlow) or ``data-parallel`` (JAX); one process start
+    for both."""
     backend = request.param
-    tmp = tmp_path_factory.mktemp(f"two_replicas_{backend}")
-    _run([HERE / "distributed_step.py", tmp / "step.npz", 2, "--job", *JOB,
+    tmp = tmp_path_factory.mktemp(f"replicas_{backend}")
+    _run([HERE / "distributed_step.py", tmp / "step.npz", REPLICAS[backend], "--job", *JOB,
           "--linear-epochs", "1", "--strategy", STRATEGY[backend], "--out", tmp / "run"],
          backend=backend)
     return backend, tmp / "step.npz", tmp / "run"
@@ -69,21 +74,13 @@ def _check_step(result):
                                        rtol=1e-4, atol=1e-6, err_msg=f"{tag} {key}")
 
 
-def test_distributed_step_equals_single_device_step(two_replicas):
-    """One SGD step (lr 1) on 2 replicas changes the weights (and the center
-    loss's centres) exactly as one step on one device with the concatenated
-    batch, for every loss and mining mode, with label patterns where replicas
-    hold different classes and where an anchor's only positive is on another
-    replica (MirroredStrategy on TensorFlow, keras.distribution.DataParallel on JAX)."""
-    _check_step(np.load(two_replicas[1]))
-
-
-def test_distributed_step_on_three_replicas(tmp_path):
-    """The same on 3 TensorFlow replicas (4 + 4 + 4 images): each holds a class no
-    other one holds, and more anchors find their only positive on another replica."""
-    out = tmp_path / "step.npz"
-    _run([HERE / "distributed_step.py", out, 3])
-    _check_step(np.load(out))
+def test_distributed_step_equals_single_device_step(replicas):
+    """One SGD step (lr 1) on several replicas (3 on TensorFlow's MirroredStrategy, 2 on
+    JAX's keras.distribution.DataParallel) changes the weights (and the center loss's
+    centres) exactly as one step on one device with the concatenated batch, for every loss
+    and mining mode, with label patterns where replicas hold different classes and where
+    an anchor's only positive is on another replica."""
+    _check_step(np.load(replicas[1]))
 
 
 def _free_port():
@@ -168,12 +165,13 @@ def test_two_jax_processes_run_the_training_job(two_jax_processes):
     assert first["saved_model_max_abs_diff"] < 1e-4 and "saved_model_max_abs_diff" not in second
 
 
-def test_train_job_on_two_replicas(two_replicas):
-    """The whole job on two logical CPU devices: pre-training, linear
-    evaluation (full batches only under keras.distribution), metrics, export."""
-    backend, _, out = two_replicas
+def test_train_job_on_several_replicas(replicas):
+    """The whole job on several logical CPU devices (3 TensorFlow replicas, 2 JAX
+    devices): pre-training, linear evaluation (full batches only under
+    keras.distribution), metrics, export."""
+    backend, _, out = replicas
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["replicas"] == 2
+    assert metrics["replicas"] == REPLICAS[backend]
     # The job learnt: chance is 0.1 (10 classes); seeded, it reached 0.97 (tensorflow) and
     # 0.96 (jax), accuracy and macro F1 alike. 0.5 leaves ample room for another CPU's
     # round-off and still fails a job that did not learn.
@@ -202,15 +200,14 @@ def test_global_batch_must_split_evenly():
         check_global_batch(66, 4)
 
 
-def test_cli_rejects_strategy_of_other_backend(tmp_path):
-    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.run([sys.executable, "-m", "keras_supcon.train", "--strategy",
-                           "data-parallel", "--out", str(tmp_path / "r")], env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode != 0
-    lines = [ln for ln in proc.stderr.strip().splitlines() if "data-parallel" in ln]
+def test_cli_rejects_strategy_of_other_backend(tmp_path, capsys):
+    from keras_supcon.cli.train import main
+
+    assert main(["--strategy", "data-parallel", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.strip().splitlines() if "data-parallel" in ln]
     assert lines and "needs KERAS_BACKEND=jax" in lines[-1]
-    assert "Traceback" not in proc.stderr
+    assert "Traceback" not in err
     assert not (tmp_path / "r").exists()
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_supcon.data.pipeline import resize_images
+from keras_supcon.training.optim import build_before_fit
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +161,7 @@ def fit_mlp_probe(classifier, encoder, data, image_size, *, epochs=100, lr=1e-3,
     monitor = "val_accuracy"
     best = keras.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=epochs + 1,
                                          restore_best_weights=True)
+    build_before_fit(head, train_ds.element_spec)
     history = head.fit(train_ds, epochs=epochs, validation_data=val_ds, callbacks=[best],
                        verbose=0)
     kernel, bias = (np.asarray(w, dtype=np.float64) for w in hidden.get_weights())

@@ -30,7 +30,7 @@ from keras_supcon.runs.callbacks import (
     write_history,
 )
 from keras_supcon.training import build
-from keras_supcon.training.optim import make_optimizer, steps_per_epoch
+from keras_supcon.training.optim import build_before_fit, make_optimizer, steps_per_epoch
 from keras_supcon.training.probe import fit_linear_probe, fit_mlp_probe
 from keras_supcon.training.settings import augmentation_policies
 
@@ -78,13 +78,16 @@ def fit_stage(model, train, val, *, run, stage, fit, loss, metrics, monitor, mod
         x, y = train
         steps = steps_per_epoch(len(x), fit.batch_size)
         data_args = dict(x=x, y=y, batch_size=fit.batch_size, shuffle=True)
+        first_batch = (x[:fit.batch_size], y[:fit.batch_size])
     else:
         data_args = dict(x=train, shuffle=False)
+        first_batch = train.element_spec
     model.compile(
         optimizer=make_optimizer(fit.optimizer, lr, total_steps=epochs * steps,
                                  weight_decay=fit.weight_decay,
                                  warmup_fraction=fit.warmup_fraction, clipnorm=fit.clipnorm),
         loss=loss, loss_weights=loss_weights, metrics=metrics)
+    build_before_fit(model, first_batch)
     callbacks = stage_callbacks(run, stage, monitor=monitor, mode=mode, epochs=epochs,
                                 patience=fit.early_stopping) + list(extra_callbacks)
     calibrate = precise_bn is not None and fit.precise_bn_batches > 0
