@@ -9,6 +9,12 @@ validation split).
 
     python experiments/cifar_budget.py          # 5 / 15 / 40 epochs; ce at 40 also seeds 1, 2
     python experiments/cifar_budget.py --epochs 5 --spread-epochs 0   # a part
+    python experiments/cifar_budget.py --probe-refit --out runs/cifar_budget_refit \
+        --epochs 80 160 --spread-epochs 80 --spread-losses ce supcon supcon+ce
+        # the long budgets, the probe refit on train + validation once C is chosen
+
+A folder holds one probe protocol: a run finished with another ``--probe-refit`` than the
+one asked for stops the command (use another --out).
 
 Every run is a run directory under --out; running the command again skips
 finished runs and resumes interrupted ones. Writes OUT/budget.json, OUT/budget.md
@@ -25,17 +31,23 @@ DATASET = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10
 LOSSES = ("ce", "supcon", "supcon+ce")
 
 
-def run_one(out, loss, epochs, seed, image_size):
+def run_one(out, loss, epochs, seed, image_size, probe_refit=False):
     from keras_supcon.runs.rundir import RunDir
     from keras_supcon.training import train
 
     path = Path(out) / f"{loss}-e{epochs}-s{seed}"
     run = RunDir(path)
     if run.is_finished():
+        settings = json.loads(run.file("config.json").read_text())["settings"]
+        if settings.get("probe_refit", False) != probe_refit:
+            raise SystemExit(f"error: {path} was run with probe_refit "
+                             f"{settings.get('probe_refit', False)}, not {probe_refit}; "
+                             "give the other protocol its own --out")
         return json.loads(run.file("metrics.json").read_text())
     resume = run.file("state.json").exists() and run.file("config.json").exists()
     settings = dict(dataset=DATASET, backbone="small_resnet", image_size=image_size,
-                    loss=loss, epochs=epochs, seed=seed, verbose=0, out=str(path))
+                    loss=loss, epochs=epochs, seed=seed, probe_refit=probe_refit, verbose=0,
+                    out=str(path))
     return train(resume=resume, overwrite=not resume, **settings)
 
 
@@ -118,16 +130,22 @@ def main(argv=None):
     p.add_argument("--spread-losses", nargs="+", default=["ce"],
                    help="the losses that run --spread-seeds at --spread-epochs")
     p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--figure", default="docs/img/experiments/cifar_budget.png")
+    p.add_argument("--probe-refit", action="store_true",
+                   help="every run's linear probe refit on train + validation once its C is "
+                        "chosen on validation (train --probe-refit); give it its own --out")
+    p.add_argument("--figure", help="default docs/img/experiments/cifar_budget.png "
+                                     "(--probe-refit: cifar_budget_refit.png)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    protocol = "_refit" if args.probe_refit else ""
+    args.figure = args.figure or f"docs/img/experiments/cifar_budget{protocol}.png"
 
     plan = [(loss, e, s) for e in args.epochs for loss in args.losses for s in args.seeds]
     if args.spread_epochs in args.epochs:
         plan += [(loss, args.spread_epochs, s) for loss in args.spread_losses
                  for s in args.spread_seeds if s not in args.seeds]
     for loss, epochs, seed in plan:
-        m = run_one(args.out, loss, epochs, seed, args.image_size)
+        m = run_one(args.out, loss, epochs, seed, args.image_size, args.probe_refit)
         print(f"{loss} epochs {epochs} seed {seed}: test accuracy {m['accuracy']:.4f}, "
               f"kNN {m['embedding']['knn_accuracy']:.4f}, {m['wall_time_s']:.0f} s", flush=True)
     out = Path(args.out)
@@ -135,7 +153,8 @@ def main(argv=None):
     (out / "budget.json").write_text(json.dumps(rows, indent=1))
     (out / "budget.md").write_text(markdown(rows))
     figure(rows, args.figure, f"CIFAR-10 subset, small_resnet at {args.image_size} px, "
-                              "library defaults (mean ± sd over seeds where several)")
+                              "library defaults (mean ± sd over seeds where several)"
+                              + (", probe refit on train + val" if args.probe_refit else ""))
     print(markdown(rows))
 
 
