@@ -213,6 +213,21 @@ def _layer_targets(classifier, sparsity, m_by_n, layer_sparsity, layers, include
     return layer_sparsity, left_dense
 
 
+def _build_before_fit(model, label_spec):
+    """tf_keras' side of :func:`keras_supcon.training.optim.build_before_fit`: the compiled
+    optimizer's, loss's and metrics' variables created before ``fit`` traces its step
+    (tf_keras creates them in the first trace, and the step is then traced twice), from
+    one image of zeros of the model's input shape and labels like ``label_spec``."""
+    import tensorflow as tf
+
+    x = tf.zeros([1, *model.input_shape[1:]])
+    y = tf.zeros([1, *label_spec.shape[1:]], label_spec.dtype)
+    model.optimizer.build(model.trainable_variables)
+    y_pred = model(x, training=False)
+    model.compiled_loss.build(y_pred)
+    model.compiled_metrics.build(y_pred, y)
+
+
 def prune_classifier(classifier, train_ds, *, sparsity=0.5, schedule="constant", epochs=2,
                      steps_per_epoch=None, learning_rate=1e-4, m_by_n=None,
                      layer_sparsity=None, layers=None, include_first_conv=False,
@@ -246,6 +261,7 @@ def prune_classifier(classifier, train_ds, *, sparsity=0.5, schedule="constant",
     pruned = wrap_for_pruning(twin, layer_sparsity, schedule, total_steps, m_by_n)
     pruned.compile(optimizer=tf_keras.optimizers.Adam(learning_rate),
                    loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    _build_before_fit(pruned, train_ds.element_spec[1])
     history = pruned.fit(train_ds, validation_data=val_ds, epochs=epochs,
                          steps_per_epoch=steps_per_epoch, verbose=verbose,
                          callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
