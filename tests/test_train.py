@@ -244,11 +244,13 @@ def test_epochs_default_follows_the_kind_of_loss(tmp_path):
     assert TrainConfig(loss="ce", epochs=3, out=str(tmp_path)).validate().epochs == 3
     old_run = TrainConfig.from_dict({"loss": "ce", "epochs": 5, "lr": 2e-3, "out": str(tmp_path)})
     assert (old_run.validate().epochs, old_run.lr) == (5, 2e-3)
-    # ResNet-50's own pre-training defaults (the backbone registry), for pre-training only
+    # ResNet-50's and InceptionV3's own defaults (the backbone registry), pre-training only
     r50 = {loss: TrainConfig(loss=loss, backbone="resnet50", out=str(tmp_path)).validate()
            for loss in ("supcon", "npairs", "ce")}
     assert [(r50[k].epochs, r50[k].lr) for k in ("supcon", "npairs", "ce")] == [
         (20, 3e-3), (20, 3e-3), (20, 1e-3)]
+    iv3 = TrainConfig(backbone="inceptionv3", out=str(tmp_path)).validate()
+    assert (iv3.epochs, iv3.lr) == (10, 3e-3)
     given = TrainConfig(backbone="resnet50", epochs=2, lr=1e-2, out=str(tmp_path)).validate()
     assert (given.epochs, given.lr) == (2, 1e-2)
     assert TrainConfig(out=str(tmp_path)).validate().lr == 1e-3

@@ -106,13 +106,14 @@ class TrainConfig:
     center_alpha: float = setting(0.5, "center: update rate of the class centres, in (0, 1]")
     views: int = setting(2, "augmented views per image (barlow: 2)")
     epochs: int | None = setting(
-        None, "pre-training epochs (pre-training losses, default 5; resnet50: 20), or training "
-              "epochs of the classifier (end-to-end losses, default 20)")
+        None, "pre-training epochs (pre-training losses, default 5; resnet50: 20, "
+              "inceptionv3: 10), or training epochs of the classifier (end-to-end losses, "
+              "default 20)")
     linear_epochs: int = setting(5, "probe fitted on images: epochs")
     batch_size: int = setting(64, "global batch size (images; each brings --views views)")
     optimizer: str = setting("adam", "optimizer of every stage", choices=OPTIMIZERS)
     lr: float | None = setting(None, "peak learning rate (linear warm-up, then cosine decay); "
-                                     "default 1e-3 (pre-training resnet50: 3e-3)")
+                                     "default 1e-3 (pre-training resnet50, inceptionv3: 3e-3)")
     linear_lr: float = setting(1e-3, "learning rate of the probe (nn probe, or fitted on "
                                      "images)")
     weight_decay: float = setting(0.0, "decoupled weight decay of the optimizer")
