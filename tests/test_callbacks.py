@@ -7,9 +7,10 @@ import pytest
 from keras_supcon.runs.callbacks import stage_callbacks
 from keras_supcon.runs.rundir import RunDir
 
-# validation accuracy per epoch: the best is epoch 2; the run is killed after epoch 4
-# (the best one and two worse), and epoch 5 after the resume is worse again
-SCRIPT = [0.5, 0.9, 0.6, 0.7, 0.8]
+# (validation accuracy, validation loss) per epoch: the best is epoch 2; the run is killed
+# after epoch 4 (the best one and two worse); epoch 5, after the resume, ties epoch 2's
+# accuracy with a lower loss: kept when ties are broken by the loss, not by Keras' rule
+SCRIPT = [(0.5, 1.0), (0.9, 0.5), (0.6, 0.6), (0.7, 0.3), (0.9, 0.4)]
 
 
 class _Script(keras.callbacks.Callback):
@@ -21,7 +22,7 @@ class _Script(keras.callbacks.Callback):
         self.weights = weights
 
     def on_epoch_end(self, epoch, logs=None):
-        logs["val_accuracy"] = SCRIPT[epoch]
+        logs["val_accuracy"], logs["val_loss"] = SCRIPT[epoch]
         self.weights[epoch + 1] = self.model.get_weights()
 
 
@@ -31,29 +32,32 @@ class _Kill(keras.callbacks.Callback):
             raise KeyboardInterrupt("killed after epoch 4")
 
 
-def _fit(run, extra):
+def _fit(run, extra, tie_break=None):
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
     x = np.random.default_rng(0).normal(size=(16, 3)).astype("float32")
     y = np.random.default_rng(1).normal(size=(16, 2)).astype("float32")
     callbacks = [extra[0]] + stage_callbacks(run, "ce", monitor="val_accuracy", mode="max",
-                                             epochs=len(SCRIPT)) + extra[1:]
+                                             epochs=len(SCRIPT), tie_break=tie_break) + extra[1:]
     model.fit(x, y, epochs=len(SCRIPT), batch_size=8, callbacks=callbacks, verbose=0)
     return model
 
 
+@pytest.mark.parametrize("tie_break", [None, "val_loss"])
 @pytest.mark.parametrize("interrupted", [False, True])
-def test_the_best_epoch_is_restored_after_resume(tmp_path, interrupted):
+def test_the_best_epoch_is_restored_after_resume(tmp_path, interrupted, tie_break):
     run = RunDir(tmp_path / "run")
     weights = {}
     if interrupted:
         with pytest.raises(KeyboardInterrupt):
-            _fit(run, [_Script(weights), _Kill()])
+            _fit(run, [_Script(weights), _Kill()], tie_break)
         assert sorted(weights) == [1, 2, 3, 4]
-    model = _fit(run, [_Script(weights)])
+    model = _fit(run, [_Script(weights)], tie_break)
     assert sorted(weights) == [1, 2, 3, 4, 5]
-    for got, want in zip(model.get_weights(), weights[2], strict=True):
+    best = 5 if tie_break else 2  # Keras keeps the first of tied epochs
+    for got, want in zip(model.get_weights(), weights[best], strict=True):
         np.testing.assert_array_equal(got, want)
     state = run.read_json("checkpoints/ce/early_stopping.json")
-    assert (state["best_epoch"], state["best"], state["wait"]) == (1, 0.9, 3)
+    assert (state["best_epoch"] + 1, state["best"], state["wait"]) == (best, 0.9, 5 - best)
+    assert state["best_tie"] == (0.4 if tie_break else None)

@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_supcon.data.pipeline import resize_images
+from keras_supcon.runs.callbacks import BestEpoch
 from keras_supcon.training.optim import build_before_fit
 
 log = logging.getLogger(__name__)
@@ -134,8 +135,8 @@ def fit_mlp_probe(classifier, encoder, data, image_size, *, epochs=100, lr=1e-3,
     """Train the ``hidden`` and ``probabilities`` layers of ``classifier`` (an MLP probe on
     the frozen ``encoder``, :func:`~keras_supcon.models.build_classifier` with ``hidden``)
     with Adam at ``lr`` for ``epochs`` on the cached, standardised features of ``data``;
-    the best validation-accuracy epoch is kept and the standardisation folded into
-    ``hidden``. Returns the report (one history row per epoch)."""
+    the best validation-accuracy epoch is kept (ties: the lower validation loss) and the
+    standardisation folded into ``hidden``. Returns the report (one history row per epoch)."""
     (x, y), (xv, yv) = encode_train_val(encoder, data, image_size,
                                         batch_size=batch_size_encode, verbose=verbose)
     mean, scale = standardiser(x)
@@ -159,8 +160,7 @@ def fit_mlp_probe(classifier, encoder, data, image_size, *, epochs=100, lr=1e-3,
         np.concatenate([yv, np.zeros(pad, yv.dtype)]),
         np.concatenate([np.ones(len(yv), "float32"), np.zeros(pad, "float32")]))).batch(batch)
     monitor = "val_accuracy"
-    best = keras.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=epochs + 1,
-                                         restore_best_weights=True)
+    best = BestEpoch(monitor=monitor, tie_break="val_loss", mode="max", patience=epochs + 1)
     build_before_fit(head, train_ds.element_spec)
     history = head.fit(train_ds, epochs=epochs, validation_data=val_ds, callbacks=[best],
                        verbose=0)
@@ -168,9 +168,10 @@ def fit_mlp_probe(classifier, encoder, data, image_size, *, epochs=100, lr=1e-3,
     kernel, bias = fold_standardisation(kernel, bias, mean, scale)
     hidden.set_weights([kernel.astype("float32"), bias.astype("float32")])
     rows = [dict(zip(history.history, values)) for values in zip(*history.history.values())]
-    best_epoch = int(np.argmax([r[monitor] for r in rows])) + 1
+    best_epoch = best.best_epoch + 1
     report = {"protocol": f"Adam (lr {lr}) on cached, standardised features for {epochs} "
-                          "epochs; the best validation-accuracy epoch kept",
+                          "epochs; the best validation-accuracy epoch kept (ties: the lower "
+                          "validation loss)",
               "epoch": best_epoch, "val_accuracy": rows[best_epoch - 1]["val_accuracy"],
               "grid": rows}
     log.info("nn probe: epoch %d, validation accuracy %s", best_epoch, report["val_accuracy"])

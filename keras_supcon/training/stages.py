@@ -62,11 +62,12 @@ class FitSettings:
 
 
 def fit_stage(model, train, val, *, run, stage, fit, loss, metrics, monitor, mode, epochs, lr,
-              steps=None, extra_callbacks=(), precise_bn=None, loss_weights=None):
+              steps=None, extra_callbacks=(), precise_bn=None, loss_weights=None,
+              tie_break=None):
     """Compile and ``model.fit`` ``model`` as stage ``stage`` of ``run``: history,
     per-epoch checkpoints, the best epoch on ``monitor`` kept (also across
-    ``--resume``), optional early stopping, then ``extra_callbacks``. ``fit``: a
-    :class:`FitSettings`.
+    ``--resume``; ties to the lower ``tie_break``), optional early stopping, then
+    ``extra_callbacks``. ``fit``: a :class:`FitSettings`.
 
     ``train``: a tf.data dataset of batches (``steps`` per epoch; it shuffles
     itself), or ``(x, y)`` arrays, batched by ``fit.batch_size`` and shuffled
@@ -89,7 +90,8 @@ def fit_stage(model, train, val, *, run, stage, fit, loss, metrics, monitor, mod
         loss=loss, loss_weights=loss_weights, metrics=metrics)
     build_before_fit(model, first_batch)
     callbacks = stage_callbacks(run, stage, monitor=monitor, mode=mode, epochs=epochs,
-                                patience=fit.early_stopping) + list(extra_callbacks)
+                                patience=fit.early_stopping,
+                                tie_break=tie_break) + list(extra_callbacks)
     calibrate = precise_bn is not None and fit.precise_bn_batches > 0
     if calibrate:
         target, clean = precise_bn
@@ -144,7 +146,8 @@ def _labels_as_input(ds):
 
 def train_classifier(config, data, run, classifier, stage, epochs, lr, extra_callbacks=()):
     """Cross-entropy training of ``classifier`` as stage ``stage`` of ``run`` (train split
-    augmented unless ``config.augment`` is off, best validation-accuracy epoch kept;
+    augmented unless ``config.augment`` is off, best validation-accuracy epoch kept (ties:
+    the lower validation loss);
     settings from ``config``; ``config.loss == "center"`` adds the center loss)."""
     n_train = data.sizes["train"]
     whole = whole_batches(config)
@@ -164,7 +167,7 @@ def train_classifier(config, data, run, classifier, stage, epochs, lr, extra_cal
     trains_bn = any(layer.trainable for layer in batchnorm_layers(classifier))
     fit_stage(classifier, train_ds, val_ds, run=run, stage=stage, fit=FitSettings.of(config),
               loss="sparse_categorical_crossentropy", metrics=["accuracy"],
-              monitor="val_accuracy", mode="max", epochs=epochs, lr=lr,
+              monitor="val_accuracy", tie_break="val_loss", mode="max", epochs=epochs, lr=lr,
               steps=steps_per_epoch(n_train, config.batch_size, whole),
               extra_callbacks=extra_callbacks,
               precise_bn=(inference_model, clean_batches(config, data)) if trains_bn else None)
@@ -187,7 +190,8 @@ def train_joint(config, data, run, classifier, encoder):
     fit_stage(build.joint_model(config, encoder, classifier), train_ds, val_ds, run=run,
               stage="ce", fit=FitSettings.of(config), loss=args["loss"],
               metrics=args["metrics"], loss_weights=args["loss_weights"],
-              monitor="val_probabilities_accuracy", mode="max", epochs=config.epochs,
+              monitor="val_probabilities_accuracy", tie_break="val_probabilities_loss",
+              mode="max", epochs=config.epochs,
               lr=config.lr, steps=steps_per_epoch(n_train, config.batch_size, True),
               precise_bn=(encoder, clean_batches(config, data)))
 
