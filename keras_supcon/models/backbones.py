@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from keras_supcon.errors import ConfigError, OfflineError
+from keras_supcon.losses.registry import PRETRAIN
 
 
 @dataclass(frozen=True)
@@ -45,9 +46,14 @@ class BackboneSpec:
     min_size: int  # smallest input height / width the architecture accepts
     default_size: int  # used when no image size is given
     has_imagenet: bool = True
-    # Settings of a pre-training run on this backbone that differ from the library's
-    # defaults, chosen on the validation split (docs/experiments.md): ((setting, value), ...)
-    pretrain_defaults: tuple = ()
+    # Settings of a run on this backbone that differ from the library's defaults, by the
+    # kind of its loss (losses.PRETRAIN / END_TO_END), chosen on the validation split
+    # (docs/experiments.md): ((kind, setting, value), ...)
+    defaults: tuple = ()
+
+    def defaults_for(self, kind):
+        """``{setting: value}`` of this backbone's own defaults for a loss of ``kind``."""
+        return {name: value for k, name, value in self.defaults if k == kind}
 
 
 def _application(attr):
@@ -175,14 +181,14 @@ BACKBONES = {
         # accuracy 0.81 with the library's defaults); lr 3e-3 and 20 epochs won on the
         # validation split (docs/experiments.md, section 0d).
         BackboneSpec("resnet50", _application("ResNet50"), "caffe", 32, 32,
-                     pretrain_defaults=(("lr", 3e-3), ("epochs", 20))),
+                     defaults=((PRETRAIN, "lr", 3e-3), (PRETRAIN, "epochs", 20))),
         BackboneSpec("densenet169", _application("DenseNet169"), "torch", 32, 32),
         BackboneSpec("densenet201", _application("DenseNet201"), "torch", 32, 32),
         # InceptionV3 with the library's defaults: SupCon 0.925 on digits, below the raw-pixel
         # baseline; lr 3e-3 and 10 epochs won on the validation split (0.993;
         # docs/experiments.md, section 0e).
         BackboneSpec("inceptionv3", _application("InceptionV3"), "tf", 75, 75,
-                     pretrain_defaults=(("lr", 3e-3), ("epochs", 10))),
+                     defaults=((PRETRAIN, "lr", 3e-3), (PRETRAIN, "epochs", 10))),
         BackboneSpec("inceptionresnetv2", _application("InceptionResNetV2"), "tf", 75, 75),
     ]
 }

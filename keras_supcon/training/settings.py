@@ -44,7 +44,7 @@ DEFAULT_TEMPERATURE = {n: s.temperature for n, s in LOSS_SPECS.items() if s.temp
 # 5 left cross-entropy under-trained (train accuracy 0.96 and rising, test accuracy at the
 # raw-pixel baseline).
 DEFAULT_EPOCHS = {PRETRAIN: 5, END_TO_END: 20}
-DEFAULT_LR = 1e-3  # a backbone's registry entry may change it for pre-training (pretrain_defaults)
+DEFAULT_LR = 1e-3  # a backbone's registry entry may change it (BackboneSpec.defaults)
 PROBES = ("linear", "nn")
 PROBE_FITS = ("cached", "images")
 
@@ -201,12 +201,12 @@ class TrainConfig:
 
     def _fill_defaults(self):
         """The loss's temperature, the epochs by the loss's kind and the learning rate,
-        unless given; pre-training takes its backbone's own values where the registry has
-        some (``pretrain_defaults``)."""
+        unless given; the backbone's own values for the loss's kind where the registry has
+        some (``BackboneSpec.defaults``)."""
         if self.temperature is None and self.loss in DEFAULT_TEMPERATURE:
             self.temperature = DEFAULT_TEMPERATURE[self.loss]
         kind = LOSS_SPECS[self.loss].kind
-        own = dict(get_backbone(self.backbone).pretrain_defaults) if kind == PRETRAIN else {}
+        own = get_backbone(self.backbone).defaults_for(kind)
         if self.epochs is None:
             self.epochs = own.get("epochs", DEFAULT_EPOCHS[kind])
         if self.lr is None:
