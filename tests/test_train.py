@@ -233,9 +233,9 @@ def test_settings_of_older_runs_mean_what_those_runs_did():
 
 def test_epochs_default_follows_the_kind_of_loss(tmp_path):
     """5 epochs of pre-training (the probe is then fitted to convergence), 20 of an
-    end-to-end classifier (chosen on validation, docs/experiments.md); ResNet-50 pre-trains
-    with its own lr and epochs; given values, and those saved in an older run's
-    config.json, are kept."""
+    end-to-end classifier (chosen on validation, docs/experiments.md); ResNet-50 has its own
+    lr and epochs for pre-training and epochs for end-to-end training; given values, and
+    those saved in an older run's config.json, are kept."""
     from keras_supcon.training import TrainConfig
 
     expected = {"supcon": 5, "npairs": 5, "barlow": 5, "ce": 20, "center": 20, "supcon+ce": 20}
@@ -244,11 +244,13 @@ def test_epochs_default_follows_the_kind_of_loss(tmp_path):
     assert TrainConfig(loss="ce", epochs=3, out=str(tmp_path)).validate().epochs == 3
     old_run = TrainConfig.from_dict({"loss": "ce", "epochs": 5, "lr": 2e-3, "out": str(tmp_path)})
     assert (old_run.validate().epochs, old_run.lr) == (5, 2e-3)
-    # ResNet-50's and InceptionV3's own defaults (the backbone registry), pre-training only
+    # ResNet-50's and InceptionV3's own defaults (the backbone registry), by the loss's kind
     r50 = {loss: TrainConfig(loss=loss, backbone="resnet50", out=str(tmp_path)).validate()
-           for loss in ("supcon", "npairs", "ce")}
-    assert [(r50[k].epochs, r50[k].lr) for k in ("supcon", "npairs", "ce")] == [
-        (20, 3e-3), (20, 3e-3), (20, 1e-3)]
+           for loss in ("supcon", "npairs", "ce", "supcon+ce")}
+    assert [(r50[k].epochs, r50[k].lr) for k in ("supcon", "npairs", "ce", "supcon+ce")] == [
+        (20, 3e-3), (20, 3e-3), (40, 1e-3), (40, 1e-3)]
+    iv3_ce = TrainConfig(loss="ce", backbone="inceptionv3", out=str(tmp_path)).validate()
+    assert (iv3_ce.epochs, iv3_ce.lr) == (20, 1e-3)
     iv3 = TrainConfig(backbone="inceptionv3", out=str(tmp_path)).validate()
     assert (iv3.epochs, iv3.lr) == (10, 3e-3)
     given = TrainConfig(backbone="resnet50", epochs=2, lr=1e-2, out=str(tmp_path)).validate()

@@ -108,7 +108,7 @@ class TrainConfig:
     epochs: int | None = setting(
         None, "pre-training epochs (pre-training losses, default 5; resnet50: 20, "
               "inceptionv3: 10), or training epochs of the classifier (end-to-end losses, "
-              "default 20)")
+              "default 20; resnet50: 40)")
     linear_epochs: int = setting(5, "probe fitted on images: epochs")
     batch_size: int = setting(64, "global batch size (images; each brings --views views)")
     optimizer: str = setting("adam", "optimizer of every stage", choices=OPTIMIZERS)
