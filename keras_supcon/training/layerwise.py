@@ -231,8 +231,8 @@ def _finetune(config, arrays, run, num_classes, autoencoders):
     (x_train, y_train), val = arrays["train"], arrays["val"]
     fit_stage(classifier, (x_train, y_train), val, run=run, stage=FINETUNE,
               fit=FitSettings.of(config), loss="sparse_categorical_crossentropy",
-              metrics=["accuracy"], monitor="val_accuracy", mode="max", epochs=config.epochs,
-              lr=config.lr)
+              metrics=["accuracy"], monitor="val_accuracy", tie_break="val_loss", mode="max",
+              epochs=config.epochs, lr=config.lr)
     return classifier
 
 
