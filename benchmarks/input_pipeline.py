@@ -12,7 +12,13 @@ switched on its own:
   ``batch``, the usual tf.data way);
 - ``parallel``: ``num_parallel_calls`` of the maps, ``AUTOTUNE`` or ``1``;
 - ``cache``: ``.cache()`` of the resized images (the library's ``--cache``);
-- ``prefetch``: ``.prefetch(AUTOTUNE)`` at the end, or none.
+- ``prefetch``: ``.prefetch(AUTOTUNE)`` at the end, or none;
+- ``resize_first``: resize before shuffling, not after (the library's order until
+  2026-12-02; it shuffles the raw images unless it caches the resized ones).
+
+``first batch s`` is the time from a fresh iterator to its first batch (median of 3):
+Keras starts a new iterator each epoch, so the shuffle buffer's fill is paid once per
+epoch on top of the steady rate.
 
 The row ``library`` is ``contrastive_batches(...)`` itself, as training uses it.
 img/s counts view-images (``2 * B`` per batch), as ``train_step`` does; the
@@ -37,16 +43,17 @@ DEFAULT_DATASET = ROOT.parent / "shared" / "data" / "cifar10_subset.npz"
 IMAGE_SIZE = 32
 VIEWS = 2
 TARGET = 2.0  # pipeline img/s should be at least this many times the fastest step's
-# (name, augment, parallel, cache, prefetch); "library" is contrastive_batches itself.
+# (name, augment, parallel, cache, prefetch, resize_first); "library" is contrastive_batches.
 SETTINGS = [
-    ("library", "batched", "autotune", False, True),
-    ("batched", "batched", "autotune", False, True),
-    ("batched, cache", "batched", "autotune", True, True),
-    ("batched, no prefetch", "batched", "autotune", False, False),
-    ("batched, parallel 1", "batched", 1, False, True),
-    ("per-image", "per_image", "autotune", False, True),
-    ("per-image, cache", "per_image", "autotune", True, True),
-    ("per-image, parallel 1", "per_image", 1, False, True),
+    ("library", "batched", "autotune", False, True, False),
+    ("batched", "batched", "autotune", False, True, False),
+    ("batched, resize first", "batched", "autotune", False, True, True),
+    ("batched, cache", "batched", "autotune", True, True, True),
+    ("batched, no prefetch", "batched", "autotune", False, False, False),
+    ("batched, parallel 1", "batched", 1, False, True, False),
+    ("per-image", "per_image", "autotune", False, True, False),
+    ("per-image, cache", "per_image", "autotune", True, True, True),
+    ("per-image, parallel 1", "per_image", 1, False, True, False),
 ]
 
 
@@ -55,7 +62,7 @@ def log(*args):
 
 
 def build_pipeline(ds, batch_size, *, augment="batched", parallel="autotune", cache=False,
-                   prefetch=True, num_examples=None, seed=0):
+                   prefetch=True, num_examples=None, seed=0, resize_first=False):
     """The library's contrastive pipeline with its settings exposed (see the module doc)."""
     import tensorflow as tf
 
@@ -63,10 +70,12 @@ def build_pipeline(ds, batch_size, *, augment="batched", parallel="autotune", ca
     from keras_supcon.data.pipeline import resize_images
 
     calls = tf.data.AUTOTUNE if parallel == "autotune" else int(parallel)
-    if calls == tf.data.AUTOTUNE:
-        ds = resize_images(ds, IMAGE_SIZE)  # the library's (AUTOTUNE)
-    else:  # the same map with fewer parallel calls
-        def resize(image, label):
+
+    def resize_map(ds):
+        if calls == tf.data.AUTOTUNE:
+            return resize_images(ds, IMAGE_SIZE)  # the library's (AUTOTUNE)
+
+        def resize(image, label):  # the same map with fewer parallel calls
             image = tf.cast(image, tf.float32)
             image = tf.cond(tf.shape(image)[-1] == 1, lambda: tf.repeat(image, 3, axis=-1),
                             lambda: image)
@@ -75,11 +84,18 @@ def build_pipeline(ds, batch_size, *, augment="batched", parallel="autotune", ca
                                     [IMAGE_SIZE, IMAGE_SIZE, 3])
             return image, tf.cast(label, tf.int64)
 
-        ds = ds.map(resize, num_parallel_calls=calls)
+        return ds.map(resize, num_parallel_calls=calls)
+
+    if cache and not resize_first:
+        raise ValueError("a cache holds resized images: cache=True needs resize_first=True")
+    if resize_first:
+        ds = resize_map(ds)
     if cache:
         ds = ds.cache()
     buffer = max(min(num_examples or 10_000, 10_000), 1)
     ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+    if not resize_first:
+        ds = resize_map(ds)
     if augment == "batched":
         ds = ds.batch(batch_size, drop_remainder=True)
         ds = ds.map(lambda x, y: (make_views(x, VIEWS, CONTRASTIVE_POLICY), y),
@@ -104,6 +120,11 @@ def library_pipeline(ds, batch_size, num_examples):
 
 def measure(ds, batch_size, *, batches, repeats, warmup):
     """Median and per-block view-images/s over ``repeats`` blocks of ``batches`` batches."""
+    firsts = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        next(iter(ds))
+        firsts.append(time.perf_counter() - t0)
     it = iter(ds.repeat())
     t0 = time.perf_counter()
     for _ in range(warmup):
@@ -120,7 +141,8 @@ def measure(ds, batch_size, *, batches, repeats, warmup):
     return {"view_images_per_s": round(statistics.median(rates), 1),
             "source_images_per_s": round(statistics.median(rates) / VIEWS, 1),
             "block_view_images_per_s": [round(r, 1) for r in rates],
-            "warmup_s": round(warm_s, 2), "batch_shape": list(shape)}
+            "warmup_s": round(warm_s, 2), "batch_shape": list(shape),
+            "first_batch_s": round(statistics.median(firsts), 3)}
 
 
 def read_step(results_dir):
@@ -167,19 +189,20 @@ def main(argv=None):
     log(f"input_pipeline: {data.describe()}; batch {args.batch_size} x {VIEWS} views, "
         f"{IMAGE_SIZE}x{IMAGE_SIZE}; {args.repeats} x {args.batches} batches per setting")
     rows = []
-    for name, augment, parallel, cache, prefetch in SETTINGS:
+    for name, augment, parallel, cache, prefetch, resize_first in SETTINGS:
         if name == "library":
             ds = library_pipeline(data.train, args.batch_size, n)
         else:
             ds = build_pipeline(data.train, args.batch_size, augment=augment, parallel=parallel,
-                                cache=cache, prefetch=prefetch, num_examples=n)
+                                cache=cache, prefetch=prefetch, num_examples=n,
+                                resize_first=resize_first)
         out = measure(ds, args.batch_size, batches=args.batches, repeats=args.repeats,
                       warmup=args.warmup)
         out.update(name=name, augment=augment, num_parallel_calls=str(parallel), cache=cache,
-                   prefetch=prefetch)
+                   prefetch=prefetch, resize_first=resize_first)
         rows.append(out)
         log(f"  {name}: {out['view_images_per_s']:,.0f} view-img/s "
-            f"(blocks {out['block_view_images_per_s']})")
+            f"(blocks {out['block_view_images_per_s']}), first batch {out['first_batch_s']} s")
     step_rate, step_where = read_step(args.results_dir)
     for r in rows:
         r["pipeline_over_step"] = (round(r["view_images_per_s"] / step_rate, 2)
@@ -214,6 +237,7 @@ def markdown(data):
             r["augment"].replace("_", "-"), r["num_parallel_calls"],
             "yes" if r["cache"] else "no", "yes" if r["prefetch"] else "no",
             f"{r['view_images_per_s']:,.0f}", f"{r['source_images_per_s']:,.0f}",
+            f"{r['first_batch_s']:.2f}" if "first_batch_s" in r else "-",
             "-" if ratio is None else (f"**{ratio:.1f}x**" if r["name"] == "library"
                                        else f"{ratio:.1f}x"),
         ])
@@ -227,7 +251,8 @@ def markdown(data):
         f"{data.get('date', '')}.",
         "",
         markdown_table(["setting", "augmentation", "parallel calls", "cache", "prefetch",
-                        "view img/s", "source img/s", "pipeline / fastest step"], rows),
+                        "view img/s", "source img/s", "first batch s",
+                        "pipeline / fastest step"], rows),
         "",
     ]
     if step:

@@ -43,9 +43,9 @@ def test_input_pipeline_quick_reads_the_step_rate(quick_results, tmp_path):
     out, step, data = quick_results
     res = json.loads((out / "input_pipeline.json").read_text())["results"]
     names = [r["name"] for r in res["rows"]]
-    assert "library" in names and "per-image" in names
+    assert "library" in names and "per-image" in names and "batched, resize first" in names
     for r in res["rows"]:
-        assert r["view_images_per_s"] > 0
+        assert r["view_images_per_s"] > 0 and r["first_batch_s"] > 0
         assert r["batch_shape"] == [64, 2, 32, 32, 3]
         assert r["pipeline_over_step"] > 0
     assert res["max_step_view_images_per_s"] == step["results"]["max_step_view_images_per_s"]

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_supcon.runs.callbacks import stage_callbacks
+from keras_supcon.runs.callbacks import BestEpoch, stage_callbacks
 from keras_supcon.runs.rundir import RunDir
 
 # (validation accuracy, validation loss) per epoch: the best is epoch 2; the run is killed
@@ -61,3 +61,23 @@ def test_the_best_epoch_is_restored_after_resume(tmp_path, interrupted, tie_brea
     state = run.read_json("checkpoints/ce/early_stopping.json")
     assert (state["best_epoch"] + 1, state["best"], state["wait"]) == (best, 0.9, 5 - best)
     assert state["best_tie"] == (0.4 if tie_break else None)
+
+
+def test_a_tie_break_that_is_not_logged_is_an_error():
+    """A misspelt tie_break would silently give Keras' rule back: it is an error instead."""
+    best = BestEpoch(monitor="val_accuracy", tie_break="val_los", mode="max")
+    best.set_model(keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]))
+    best.on_train_begin()
+    best.on_epoch_end(0, {"loss": 1.0})  # no validation this epoch: nothing to compare
+    with pytest.raises(ValueError, match="'val_los' is not logged beside 'val_accuracy'"):
+        best.on_epoch_end(1, {"val_accuracy": 0.5, "val_loss": 1.0})
+
+
+def test_a_new_fit_forgets_the_last_fits_tie():
+    best = BestEpoch(monitor="val_accuracy", tie_break="val_loss", mode="max")
+    best.set_model(keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]))
+    best.on_train_begin()
+    best.on_epoch_end(0, {"val_accuracy": 0.5, "val_loss": 1.0})
+    assert best.best_tie == 1.0
+    best.on_train_begin()
+    assert (best.best_tie, best.best_epoch) == (None, 0) and best.best_weights is None

@@ -14,6 +14,7 @@ from keras_supcon.data import (
     load_dataset,
     supervised_batches,
 )
+from keras_supcon.data.pipeline import resize_images
 from keras_supcon.data.augment import (
     CONTRASTIVE_POLICY,
     POLICIES,
@@ -156,6 +157,24 @@ def test_contrastive_batches_give_two_different_views_in_range():
         contrastive_batches(splits.train, 24, 1)
     with pytest.raises(ConfigError, match="larger than the 10 training images"):
         contrastive_batches(splits.train, 24, 16, num_examples=10)
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_shuffled_batches_are_those_of_resizing_first(cache):
+    """The pipeline shuffles raw images before resizing them (no cache): the batches,
+    pass after pass, are those of the plain order resize -> shuffle, to the last bit."""
+    splits = load_dataset("digits")
+    n = 300
+    train = splits.train.take(n)
+    reference = resize_images(train, 20).shuffle(n, seed=3, reshuffle_each_iteration=True)
+    reference = reference.batch(32)
+    got = supervised_batches(train, 20, 32, shuffle=True, seed=3, cache=cache, num_examples=n)
+    for _ in range(2):  # the second pass reshuffles
+        pairs = list(zip(got, reference, strict=True))
+        assert len(pairs) == 10
+        for (x, y), (x_ref, y_ref) in pairs:
+            np.testing.assert_array_equal(y.numpy(), y_ref.numpy())
+            np.testing.assert_array_equal(x.numpy(), x_ref.numpy())
 
 
 def test_augmentation_pieces():

@@ -37,13 +37,16 @@ def resize_images(ds, image_size):
 
 
 def _prepare(ds, image_size, *, shuffle, seed, cache, num_examples):
-    ds = resize_images(ds, image_size)
+    """Resize, cache, shuffle. Without a cache the raw images are shuffled before they are
+    resized: the order is the same (a seeded shuffle's order depends only on the number of
+    elements), but each pass no longer waits for the buffer's images (up to 10,000) to be
+    resized before its first batch, and the buffer holds uint8 images, not float32."""
     if cache:
-        ds = ds.cache()
+        ds = resize_images(ds, image_size).cache()
     if shuffle:
         buffer = min(num_examples or 10_000, 10_000)
         ds = ds.shuffle(max(buffer, 1), seed=seed, reshuffle_each_iteration=True)
-    return ds
+    return ds if cache else resize_images(ds, image_size)
 
 
 def check_contrastive_batch_size(batch_size, num_examples=None):

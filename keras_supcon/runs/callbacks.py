@@ -99,8 +99,16 @@ class BestEpoch(keras.callbacks.EarlyStopping):
         super().__init__(restore_best_weights=True, **kwargs)
         self.tie_break, self.best_tie, self._tie = tie_break, None, None
 
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self.best_tie = None
+
     def on_epoch_end(self, epoch, logs=None):
-        self._tie = (logs or {}).get(self.tie_break) if self.tie_break else None
+        logs = logs or {}
+        if self.tie_break and self.monitor in logs and self.tie_break not in logs:
+            raise ValueError(f"BestEpoch: tie_break {self.tie_break!r} is not logged beside "
+                             f"{self.monitor!r}; logged: {', '.join(sorted(logs))}")
+        self._tie = logs.get(self.tie_break) if self.tie_break else None
         super().on_epoch_end(epoch, logs)
         if self.best_epoch == epoch:
             self.best_tie = self._tie
