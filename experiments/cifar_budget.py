@@ -17,14 +17,21 @@ A folder holds one probe protocol: a run finished with another ``--probe-refit``
 one asked for stops the command (use another --out).
 
 Every run is a run directory under --out; running the command again skips
-finished runs and resumes interrupted ones. Writes OUT/budget.json, OUT/budget.md
-and the figure (--figure). Results: docs/experiments.md.
+finished runs and resumes interrupted ones. Run directories do not outlive a session
+here, so each finished run is also merged into the committed record (--record,
+experiments/results/cifar_budget.json: one entry per loss, epochs, seed, image size and
+probe protocol; a run measured again replaces its entry), and OUT/budget.json,
+OUT/budget.md and the figure (--figure) are drawn from the whole record: every budget
+measured so far, in any session. In them an end-to-end loss (ce, supcon+ce) is one
+series whatever the protocol (it ends without a probe); a pre-training loss is one series
+per protocol. Results: docs/results.md.
 """
 
 import argparse
 import json
 import logging
 import statistics
+from datetime import datetime, timezone
 from pathlib import Path
 
 DATASET = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10_subset.npz")
@@ -51,18 +58,58 @@ def run_one(out, loss, epochs, seed, image_size, probe_refit=False):
     return train(resume=resume, overwrite=not resume, **settings)
 
 
-def collect(out):
-    """Every finished run under ``out``: ``{loss: {epochs: {key: [values per seed]}}}``."""
-    results = {}
+RECORD = Path(__file__).resolve().parent / "results" / "cifar_budget.json"
+KEY = ("loss", "epochs", "seed", "image_size", "probe_refit")
+
+
+def run_entry(path):
+    """The record's entry of the finished run directory ``path``."""
+    from keras_supcon._cpu import cpu_kind
+
+    metrics_file = Path(path) / "metrics.json"
+    m = json.loads(metrics_file.read_text())
+    s = json.loads((Path(path) / "config.json").read_text())["settings"]
+    finished = datetime.fromtimestamp(metrics_file.stat().st_mtime, timezone.utc)
+    return {"loss": s["loss"], "epochs": s["epochs"], "seed": s["seed"],
+            "image_size": s["image_size"], "probe_refit": s.get("probe_refit", False),
+            "accuracy": m["accuracy"], "f1_macro": m["f1_macro"],
+            "knn_accuracy": m["embedding"]["knn_accuracy"], "wall_time_s": m["wall_time_s"],
+            "finished": finished.strftime("%Y-%m-%d"), "machine": cpu_kind(),
+            "source": f"run directory {Path(path).name}"}
+
+
+def update_record(out, record_path):
+    """Merge every finished run under ``out`` into the record (written atomically)."""
+    from keras_supcon.runs.rundir import RunDir
+
+    record_path = Path(record_path)
+    record = json.loads(record_path.read_text()) if record_path.exists() else {"runs": []}
+    entries = {tuple(e[k] for k in KEY): e for e in record["runs"]}
     for metrics_file in sorted(Path(out).glob("*/metrics.json")):
-        m = json.loads(metrics_file.read_text())
-        settings = json.loads((metrics_file.parent / "config.json").read_text())["settings"]
-        slot = results.setdefault(settings["loss"], {}).setdefault(
-            settings["epochs"], {"accuracy": [], "knn_accuracy": [], "wall_time_s": []})
-        slot["accuracy"].append(m["accuracy"])
-        slot["knn_accuracy"].append(m["embedding"]["knn_accuracy"])
-        slot["wall_time_s"].append(m["wall_time_s"])
-    return results
+        entry = run_entry(metrics_file.parent)
+        entries[tuple(entry[k] for k in KEY)] = entry
+    record["runs"] = sorted(entries.values(), key=lambda e: tuple(str(e[k]) for k in KEY))
+    RunDir(record_path.parent).write_json(record_path.name, record)
+    return record
+
+
+def collect(record, image_size):
+    """The record's runs at ``image_size``: ``{series: {epochs: {key: [values per seed]}}}``;
+    a series is the loss, with ", probe refit" for a pre-training loss's refit protocol."""
+    from keras_supcon.training.settings import PRETRAIN_LOSSES
+
+    results = {}
+    for e in record["runs"]:
+        if e["image_size"] != image_size:
+            continue
+        refit = e["probe_refit"] and e["loss"] in PRETRAIN_LOSSES
+        series = e["loss"] + (", probe refit" if refit else "")
+        slot = results.setdefault(series, {}).setdefault(e["epochs"], {})
+        for key in ("accuracy", "knn_accuracy", "wall_time_s"):
+            slot.setdefault(key, {})[e["seed"]] = e[key]  # one value per seed
+    return {series: {epochs: {key: list(v.values()) for key, v in slot.items()}
+                     for epochs, slot in budgets.items()}
+            for series, budgets in results.items()}
 
 
 def summarise(results):
@@ -84,7 +131,7 @@ def markdown(rows):
         sd = row[f"{key}_sd"]
         return f"{row[key]:.3f}" + (f" ± {sd:.3f}" if sd is not None else "")
 
-    lines = ["| loss | epochs | seeds | test accuracy | kNN accuracy (k=20) | wall time (s) |",
+    lines = ["| series | epochs | seeds | test accuracy | kNN accuracy (k=20) | wall time (s) |",
              "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['loss']} | {r['epochs']} | {r['seeds']} | {cell(r, 'accuracy')} | "
@@ -133,12 +180,11 @@ def main(argv=None):
     p.add_argument("--probe-refit", action="store_true",
                    help="every run's linear probe refit on train + validation once its C is "
                         "chosen on validation (train --probe-refit); give it its own --out")
-    p.add_argument("--figure", help="default docs/img/experiments/cifar_budget.png "
-                                     "(--probe-refit: cifar_budget_refit.png)")
+    p.add_argument("--record", default=str(RECORD),
+                   help="the committed record every finished run is merged into")
+    p.add_argument("--figure", default="docs/img/experiments/cifar_budget.png")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    protocol = "_refit" if args.probe_refit else ""
-    args.figure = args.figure or f"docs/img/experiments/cifar_budget{protocol}.png"
 
     plan = [(loss, e, s) for e in args.epochs for loss in args.losses for s in args.seeds]
     if args.spread_epochs in args.epochs:
@@ -149,12 +195,12 @@ def main(argv=None):
         print(f"{loss} epochs {epochs} seed {seed}: test accuracy {m['accuracy']:.4f}, "
               f"kNN {m['embedding']['knn_accuracy']:.4f}, {m['wall_time_s']:.0f} s", flush=True)
     out = Path(args.out)
-    rows = summarise(collect(out))
+    rows = summarise(collect(update_record(out, args.record), args.image_size))
     (out / "budget.json").write_text(json.dumps(rows, indent=1))
     (out / "budget.md").write_text(markdown(rows))
     figure(rows, args.figure, f"CIFAR-10 subset, small_resnet at {args.image_size} px, "
-                              "library defaults (mean ± sd over seeds where several)"
-                              + (", probe refit on train + val" if args.probe_refit else ""))
+                              "library defaults (mean ± sd over seeds where several; "
+                              "probe refit: on train + val once C is chosen)")
     print(markdown(rows))
 
 
