@@ -1,6 +1,7 @@
 """The two CIFAR-10 files of this project, rebuilt deterministically.
 
-    # the experiments' subset (5,170 train / 1,017 test), from the official CIFAR-10 (downloads 163 MB)
+    # the experiments' subset (5,170 train / 1,017 test), from the official CIFAR-10
+    # (downloads 163 MB)
     python experiments/cifar10_data.py subset --out data/cifar10_subset.npz
     # the test suite's fixture (800 train / 200 test), drawn from the subset
     python experiments/cifar10_data.py tiny --subset ../shared/data/cifar10_subset.npz \\

@@ -1,8 +1,9 @@
 """A short SupCon + linear-probe run on real CIFAR-10 images lands well above chance.
 
-Moved out of the unit suite (it was tests/test_train.py::test_supcon_learns_on_the_real_cifar10_subset,
-253 s on an AVX2 machine): the suite keeps a smoke test of the same path on its 1,000-image
-fixture; this script makes the learning claim on the shared subset (4,653 train / 517
+Moved out of the unit suite (it was
+tests/test_train.py::test_supcon_learns_on_the_real_cifar10_subset, 253 s on an AVX2
+machine): the suite keeps a smoke test of the same path on its 1,000-image fixture; this
+script makes the learning claim on the shared subset (4,653 train / 517
 validation / 1,017 test images) and exits non-zero when it does not hold.
 
     python experiments/cifar_short_run.py                     # ../shared/data/cifar10_subset.npz

@@ -14,7 +14,6 @@ from keras_supcon.data import (
     load_dataset,
     supervised_batches,
 )
-from keras_supcon.data.pipeline import resize_images
 from keras_supcon.data.augment import (
     CONTRASTIVE_POLICY,
     POLICIES,
@@ -23,6 +22,7 @@ from keras_supcon.data.augment import (
     get_policy,
     make_views,
 )
+from keras_supcon.data.pipeline import resize_images
 from keras_supcon.errors import ConfigError, DataError, OfflineError
 
 
