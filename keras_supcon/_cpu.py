@@ -50,9 +50,8 @@ def cap_isa(isa, environ=None):
         environ[var] = value
 
 
-def cpu_kind():
-    """``"avx512"`` where the CPU has AVX-512F, ``"avx2"`` where it has AVX2 only, else
-    ``"other"`` (what ``grep -c avx512f /proc/cpuinfo`` tells; ``"unknown"`` off Linux)."""
+def cpu_flags():
+    """The CPU's feature flags as ``/proc/cpuinfo`` lists them (``None`` off Linux)."""
     try:
         with open("/proc/cpuinfo") as f:
             flags = set()
@@ -60,6 +59,15 @@ def cpu_kind():
                 if line.startswith("flags"):
                     flags.update(line.split(":", 1)[1].split())
     except OSError:
+        return None
+    return flags
+
+
+def cpu_kind():
+    """``"avx512"`` where the CPU has AVX-512F, ``"avx2"`` where it has AVX2 only, else
+    ``"other"`` (what ``grep -c avx512f /proc/cpuinfo`` tells; ``"unknown"`` off Linux)."""
+    flags = cpu_flags()
+    if flags is None:
         return "unknown"
     if "avx512f" in flags:
         return "avx512"

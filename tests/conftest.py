@@ -56,6 +56,10 @@ BF16_EMULATION_REASON = (
     "--isa avx2 on an AVX-512 CPU cannot run TensorFlow's bfloat16 ops (TensorFlow sends them "
     "to oneDNN, capped at AVX2 and without bfloat16 kernels); run in the native mode, and on "
     "a real AVX2 CPU, where TensorFlow falls back to Eigen")
+# The same for float16 on a CPU with AVX512_FP16 (seen on an Intel Xeon with AMX, 2026-12-02:
+# segmentation fault in an eager float16 MatMul; an AVX-512 CPU without it runs them).
+FP16_EMULATION_REASON = BF16_EMULATION_REASON.replace("bfloat16", "float16").replace(
+    "an AVX-512 CPU", "a CPU with AVX512_FP16")
 
 
 def pytest_configure(config):
@@ -64,6 +68,9 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "xdist_group(name): pytest-xdist --dist loadgroup")
     config.addinivalue_line("markers", "bfloat16: runs TensorFlow bfloat16 ops "
                             "(not under --isa avx2 on an AVX-512 CPU: BF16_EMULATION_REASON)")
+    config.addinivalue_line("markers", "float16: runs TensorFlow float16 matmuls "
+                            "(not under --isa avx2 on a CPU with AVX512_FP16: "
+                            "FP16_EMULATION_REASON)")
     isa = config.getoption("--isa") or os.environ.get(ISA_ENV, "native")
     if "tensorflow" in sys.modules or "jax" in sys.modules:
         raise pytest.UsageError("--isa must be applied before TensorFlow / JAX are imported")
@@ -105,9 +112,12 @@ def _fixture_groups(items):
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
     if os.environ.get(ISA_ENV) == "avx2" and _cpu.cpu_kind() == "avx512":
+        fp16 = "avx512_fp16" in _cpu.cpu_flags()
         for item in items:
             if "bfloat16" in item.keywords:
                 item.add_marker(pytest.mark.skip(reason=BF16_EMULATION_REASON))
+            elif fp16 and "float16" in item.keywords:
+                item.add_marker(pytest.mark.skip(reason=FP16_EMULATION_REASON))
     # --dist loadgroup (pyproject.toml): the tests that share a module-scoped fixture setup
     # (a trained run) run on one worker, so it is built once; every other test, and the tests
     # of another fixture of the same module, are scheduled on their own, so a module of long

@@ -135,6 +135,7 @@ def test_unknown_batch_size_and_xla_give_the_eager_loss(mode):
         np.testing.assert_allclose(got[1].numpy(), expected[1].numpy(), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.float16
 @pytest.mark.parametrize("mode", kernel.MODES)
 @pytest.mark.parametrize("low", ["float16"])
 def test_low_precision_products_keep_float32_statistics(mode, low):
