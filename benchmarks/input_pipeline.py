@@ -71,31 +71,16 @@ def build_pipeline(ds, batch_size, *, augment="batched", parallel="autotune", ca
 
     calls = tf.data.AUTOTUNE if parallel == "autotune" else int(parallel)
 
-    def resize_map(ds):
-        if calls == tf.data.AUTOTUNE:
-            return resize_images(ds, IMAGE_SIZE)  # the library's (AUTOTUNE)
-
-        def resize(image, label):  # the same map with fewer parallel calls
-            image = tf.cast(image, tf.float32)
-            image = tf.cond(tf.shape(image)[-1] == 1, lambda: tf.repeat(image, 3, axis=-1),
-                            lambda: image)
-            image = tf.image.resize(image, [IMAGE_SIZE, IMAGE_SIZE])
-            image = tf.ensure_shape(tf.clip_by_value(image, 0.0, 255.0),
-                                    [IMAGE_SIZE, IMAGE_SIZE, 3])
-            return image, tf.cast(label, tf.int64)
-
-        return ds.map(resize, num_parallel_calls=calls)
-
     if cache and not resize_first:
         raise ValueError("a cache holds resized images: cache=True needs resize_first=True")
     if resize_first:
-        ds = resize_map(ds)
+        ds = resize_images(ds, IMAGE_SIZE, num_parallel_calls=calls)
     if cache:
         ds = ds.cache()
     buffer = max(min(num_examples or 10_000, 10_000), 1)
     ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
     if not resize_first:
-        ds = resize_map(ds)
+        ds = resize_images(ds, IMAGE_SIZE, num_parallel_calls=calls)
     if augment == "batched":
         ds = ds.batch(batch_size, drop_remainder=True)
         ds = ds.map(lambda x, y: (make_views(x, VIEWS, CONTRASTIVE_POLICY), y),

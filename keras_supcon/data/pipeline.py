@@ -22,7 +22,7 @@ from keras_supcon.errors import ConfigError
 AUTOTUNE = tf.data.AUTOTUNE
 
 
-def resize_images(ds, image_size):
+def resize_images(ds, image_size, num_parallel_calls=AUTOTUNE):
     """uint8 ``[H, W, C]`` -> float32 ``[S, S, 3]`` in [0, 255] (bilinear; gray -> RGB)."""
 
     def resize(image, label):
@@ -33,7 +33,7 @@ def resize_images(ds, image_size):
         image = tf.ensure_shape(tf.clip_by_value(image, 0.0, 255.0), [image_size, image_size, 3])
         return image, tf.cast(label, tf.int64)
 
-    return ds.map(resize, num_parallel_calls=AUTOTUNE)
+    return ds.map(resize, num_parallel_calls=num_parallel_calls)
 
 
 def _prepare(ds, image_size, *, shuffle, seed, cache, num_examples):
