@@ -13,6 +13,7 @@ import tensorflow as tf
 from checks import batchnorm_momenta
 
 import keras_supcon
+from keras_supcon._cpu import cpu_kind
 from keras_supcon.cli.train import main
 from keras_supcon.compression import serve_saved_model
 from keras_supcon.data import load_dataset, supervised_batches
@@ -93,6 +94,7 @@ def test_run_writes_every_output(finished_run):
     assert config["settings"]["backbone"] == "small_resnet"
     assert config["settings"]["temperature"] == 0.1
     assert {"keras", "tensorflow"} <= set(config["versions"])
+    assert config["cpu"] == cpu_kind()
     on_disk = json.loads((out / "metrics.json").read_text())
     assert on_disk["accuracy"] == metrics["accuracy"]
     assert set(on_disk) >= {"accuracy", "top5_accuracy", "precision_macro", "recall_macro",

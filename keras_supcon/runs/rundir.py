@@ -183,9 +183,12 @@ class RunDir:
     # ------------------------------------------------------------ lifecycle
     def start(self, settings, **record):
         """Begin a new run: ``config.json`` = ``{"settings": settings, **record,
-        "versions": ...}`` and no completed stage."""
+        "versions": ..., "cpu": ...}`` (the CPU kind, ``_cpu.cpu_kind()``: float32 results
+        differ between kinds) and no completed stage."""
+        from keras_supcon._cpu import cpu_kind
+
         self.write_json(CONFIG_FILE, {"settings": settings, **record,
-                                      "versions": library_versions()})
+                                      "versions": library_versions(), "cpu": cpu_kind()})
         self.init_state()
 
     def begin(self, settings, *, resume, **record):
