@@ -71,13 +71,16 @@ def run_entry(path):
     config = json.loads((Path(path) / "config.json").read_text())
     s = config["settings"]
     finished = datetime.fromtimestamp(metrics_file.stat().st_mtime, timezone.utc)
-    return {"loss": s["loss"], "epochs": s["epochs"], "seed": s["seed"],
-            "image_size": s["image_size"], "probe_refit": s.get("probe_refit", False),
-            "accuracy": m["accuracy"], "f1_macro": m["f1_macro"],
-            "knn_accuracy": m["embedding"]["knn_accuracy"], "wall_time_s": m["wall_time_s"],
-            "finished": finished.strftime("%Y-%m-%d"),
-            "machine": config.get("cpu") or cpu_kind(),  # runs before 2026-12-02 lack "cpu"
-            "source": f"run directory {Path(path).name}"}
+    entry = {"loss": s["loss"], "epochs": s["epochs"], "seed": s["seed"],
+             "image_size": s["image_size"], "probe_refit": s.get("probe_refit", False),
+             "accuracy": m["accuracy"], "f1_macro": m["f1_macro"],
+             "knn_accuracy": m["embedding"]["knn_accuracy"], "wall_time_s": m["wall_time_s"],
+             "finished": finished.strftime("%Y-%m-%d"),
+             "machine": config.get("cpu") or cpu_kind(),  # runs before 2026-12-02 lack "cpu"
+             "source": f"run directory {Path(path).name}"}
+    if "classifier_vs_knn" in m["embedding"]:  # runs before 2026-12-02 lack it
+        entry["classifier_vs_knn"] = m["embedding"]["classifier_vs_knn"]
+    return entry
 
 
 def update_record(out, record_path):

@@ -128,6 +128,10 @@ def test_tables_equal_the_runs_metrics(ablation):
         assert row["kNN acc."] == f"{e['knn_accuracy']:.4f}"
         assert row["MAP@R"] == f"{e['map_at_r']:.4f}"
         assert row["R@8"] == f"{e['recall_at_k']['8']:.4f}"
+        pair, n = e["classifier_vs_knn"], metrics[name]["num_examples"]
+        assert pair["classifier_only"] - pair["knn_only"] == round(
+            (metrics[name]["accuracy"] - e["knn_accuracy"]) * n)
+        assert 0 < pair["mcnemar_p"] <= 1
     diff = {r["Backbone"]: r for r in tables["supcon vs ce"]}
     for backbone in ("small_resnet", OTHER):
         a, b = (metrics[f"{backbone}-{loss}"]["accuracy"] for loss in ("ce", "supcon"))

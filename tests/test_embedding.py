@@ -9,6 +9,7 @@ import pytest
 from keras_supcon.evaluation.embedding import (
     embedding_metrics,
     knn_accuracy,
+    knn_predict,
     retrieval_metrics,
     silhouette,
 )
@@ -19,9 +20,9 @@ def _cos(a, b):
                                                         sum(y * y for y in b))
 
 
-def ref_knn(index, index_labels, queries, query_labels, k):
-    correct = 0
-    for q, ql in zip(queries, query_labels):
+def ref_knn_predict(index, index_labels, queries, k):
+    preds = []
+    for q in queries:
         sims = sorted(((_cos(q, x), int(lab)) for x, lab in zip(index, index_labels)),
                       reverse=True)[:k]
         votes, summed = {}, {}
@@ -29,9 +30,13 @@ def ref_knn(index, index_labels, queries, query_labels, k):
             votes[lab] = votes.get(lab, 0) + 1
             summed[lab] = summed.get(lab, 0.0) + s
         best = max(votes.values())
-        pred = max((c for c in votes if votes[c] == best), key=lambda c: summed[c])
-        correct += pred == int(ql)
-    return correct / len(queries)
+        preds.append(max((c for c in votes if votes[c] == best), key=lambda c: summed[c]))
+    return preds
+
+
+def ref_knn(index, index_labels, queries, query_labels, k):
+    preds = ref_knn_predict(index, index_labels, queries, k)
+    return sum(p == int(ql) for p, ql in zip(preds, query_labels)) / len(queries)
 
 
 def ref_silhouette(x, labels):
@@ -94,6 +99,8 @@ def test_knn_matches_reference(seed, n, dim, classes, spread, k):
     got = knn_accuracy(index, index_labels, queries, query_labels, k=k)
     assert got == pytest.approx(ref_knn(index.tolist(), index_labels, queries.tolist(),
                                         query_labels, k), abs=1e-12)
+    preds = knn_predict(index, index_labels, queries, k=k)
+    assert preds.tolist() == ref_knn_predict(index.tolist(), index_labels, queries.tolist(), k)
 
 
 def test_knn_tie_goes_to_closer_class():
@@ -149,3 +156,18 @@ def test_perfect_clusters_score_one_and_scale_does_not_matter():
     assert m["recall_at_k"] == {"1": 1.0, "2": 1.0, "4": 1.0, "8": 1.0}
     assert m["silhouette"] == pytest.approx(1.0)
     assert m["dim"] == 3 and m["knn_k"] == 3
+
+
+def test_embedding_metrics_pair_the_classifier_with_the_knn_vote():
+    index, index_labels = _data(7, 60, 5, 3, 1.0)
+    queries, labels = _data(8, 40, 5, 3, 1.0, centers_seed=7)
+    knn_pred = np.array(ref_knn_predict(index.tolist(), index_labels, queries.tolist(), 5))
+    predictions = labels.copy()  # right everywhere but on the first 6 queries
+    predictions[:6] = (labels[:6] + 1) % 3
+    block = embedding_metrics(index, index_labels, queries, labels, k=5,
+                              predictions=predictions)
+    clf_right, knn_right = predictions == labels, knn_pred == labels
+    assert block["classifier_vs_knn"]["classifier_only"] == int(np.sum(clf_right & ~knn_right))
+    assert block["classifier_vs_knn"]["knn_only"] == int(np.sum(knn_right & ~clf_right))
+    assert block["knn_accuracy"] == knn_right.mean()
+    assert "classifier_vs_knn" not in embedding_metrics(index, index_labels, queries, labels, k=5)

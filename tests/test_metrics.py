@@ -1,7 +1,10 @@
+import math
+
 import numpy as np
 import pytest
 
 from keras_supcon.evaluation import classification_metrics
+from keras_supcon.evaluation.metrics import mcnemar
 
 
 def reference(y, probs, num_classes):
@@ -53,3 +56,31 @@ def test_metrics_match_plain_loops(n, num_classes, seed):
         expected_acc = cm[c, c] / support if support else 0
         assert got["per_class_accuracy"][name] == pytest.approx(expected_acc)
     assert got["class_names"] == names and got["num_examples"] == n
+
+
+def ref_mcnemar(first, second):
+    """Exact McNemar from its definition: the disagreements split as Binomial(n, 1/2); p
+    sums the probabilities of every split no more likely than the one seen."""
+    b = sum(f and not s for f, s in zip(first, second))
+    c = sum(s and not f for f, s in zip(first, second))
+    n = b + c
+    prob = [math.comb(n, i) / 2 ** n for i in range(n + 1)]
+    return b, c, min(1.0, sum(q for q in prob if q <= prob[b] * (1 + 1e-12)))
+
+
+@pytest.mark.parametrize("n,p_first,p_second,seed", [
+    (30, 0.5, 0.5, 0), (200, 0.7, 0.8, 1), (1017, 0.70, 0.71, 2), (12, 0.9, 0.2, 3),
+    (5, 1.0, 1.0, 4)])  # the last: no disagreement, p = 1
+def test_mcnemar_matches_reference(n, p_first, p_second, seed):
+    rng = np.random.default_rng(seed)
+    first, second = rng.random(n) < p_first, rng.random(n) < p_second
+    got = mcnemar(first, second)
+    b, c, p = ref_mcnemar(first.tolist(), second.tolist())
+    assert got[:2] == (b, c)
+    assert got[2] == pytest.approx(p, rel=1e-9)
+    assert mcnemar(second, first) == (c, b, pytest.approx(p, rel=1e-9))
+
+
+def test_mcnemar_rejects_unpaired_answers():
+    with pytest.raises(ValueError, match="answered"):
+        mcnemar([True, False], [True])

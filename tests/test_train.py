@@ -3,6 +3,7 @@
 import csv
 import dataclasses
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -328,3 +329,14 @@ def test_supcon_runs_on_real_cifar10_images(cifar_tiny, tmp_path):
     assert sorted(metrics["per_class_accuracy"]) == sorted(
         ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
          "truck"])
+
+
+def test_a_classifier_significantly_below_its_knn_vote_is_warned(caplog):
+    from keras_supcon.training.job import _warn_below_knn
+
+    with caplog.at_level(logging.WARNING, logger="keras_supcon.training.job"):
+        _warn_below_knn({"classifier_only": 3, "knn_only": 16, "mcnemar_p": 0.004})
+        _warn_below_knn({"classifier_only": 10, "knn_only": 15, "mcnemar_p": 0.42})  # noise
+        _warn_below_knn({"classifier_only": 16, "knn_only": 3, "mcnemar_p": 0.004})  # above
+    assert len(caplog.records) == 1
+    assert "16 test images only the kNN vote gets right, 3 only the classifier" in caplog.text

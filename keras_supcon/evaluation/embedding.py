@@ -17,6 +17,8 @@ in blocks of queries, so memory stays at ``block x index`` floats.
 
 import numpy as np
 
+from keras_supcon.evaluation.metrics import mcnemar
+
 RECALL_AT = (1, 2, 4, 8)
 KNN_K = 20
 _BLOCK = 512
@@ -33,14 +35,15 @@ def _blocks(n, size=_BLOCK):
         yield slice(start, min(start + size, n))
 
 
-def knn_accuracy(index_emb, index_labels, query_emb, query_labels, k=KNN_K):
-    """Accuracy of a ``k``-nearest-neighbour majority vote (cosine similarity)."""
+def knn_predict(index_emb, index_labels, query_emb, k=KNN_K, num_classes=None):
+    """Labels of a ``k``-nearest-neighbour majority vote (cosine similarity), one per
+    query; a tie goes to the tied class whose neighbours have the larger summed
+    similarity."""
     index_emb, query_emb = l2_normalize(index_emb), l2_normalize(query_emb)
     index_labels = np.asarray(index_labels).astype(int)
-    query_labels = np.asarray(query_labels).astype(int)
     k = min(k, len(index_emb))
-    num_classes = int(max(index_labels.max(), query_labels.max())) + 1
-    correct = 0
+    num_classes = num_classes or int(index_labels.max()) + 1
+    preds = []
     for rows in _blocks(len(query_emb)):
         sim = query_emb[rows] @ index_emb.T
         top = np.argpartition(-sim, k - 1, axis=1)[:, :k]
@@ -51,9 +54,15 @@ def knn_accuracy(index_emb, index_labels, query_emb, query_labels, k=KNN_K):
         np.add.at(votes, (r, index_labels[top]), 1)
         np.add.at(sims, (r, index_labels[top]), top_sim)
         best = votes.max(axis=1, keepdims=True)
-        pred = np.where(votes == best, sims, -np.inf).argmax(axis=1)
-        correct += int((pred == query_labels[rows]).sum())
-    return correct / len(query_emb)
+        preds.append(np.where(votes == best, sims, -np.inf).argmax(axis=1))
+    return np.concatenate(preds) if preds else np.zeros(0, dtype=int)
+
+
+def knn_accuracy(index_emb, index_labels, query_emb, query_labels, k=KNN_K):
+    """Accuracy of :func:`knn_predict` on queries labelled ``query_labels``."""
+    query_labels = np.asarray(query_labels).astype(int)
+    pred = knn_predict(index_emb, index_labels, query_emb, k)
+    return int((pred == query_labels).sum()) / len(query_labels)
 
 
 def silhouette(embeddings, labels):
@@ -98,14 +107,23 @@ def retrieval_metrics(embeddings, labels, recall_at=RECALL_AT):
     }
 
 
-def embedding_metrics(train_emb, train_labels, test_emb, test_labels, *, k=KNN_K):
+def embedding_metrics(train_emb, train_labels, test_emb, test_labels, *, k=KNN_K,
+                      predictions=None):
     """The ``embedding`` block of ``metrics.json``: kNN (train index, test queries),
-    silhouette and retrieval on the test set."""
-    return {
+    silhouette and retrieval on the test set. With ``predictions`` (the classifier's
+    labels of the test items), ``classifier_vs_knn``: the classifier against the kNN vote
+    item by item (:func:`~keras_supcon.evaluation.metrics.mcnemar`)."""
+    test_labels = np.asarray(test_labels).astype(int)
+    knn_right = knn_predict(train_emb, train_labels, test_emb, k) == test_labels
+    block = {
         "space": "encoder output, L2-normalised, cosine similarity",
         "dim": int(np.asarray(test_emb).shape[1]),
         "knn_k": int(min(k, len(train_emb))),
-        "knn_accuracy": knn_accuracy(train_emb, train_labels, test_emb, test_labels, k),
+        "knn_accuracy": float(knn_right.mean()),
         "silhouette": silhouette(test_emb, test_labels),
         **retrieval_metrics(test_emb, test_labels),
     }
+    if predictions is not None:
+        clf, knn, p = mcnemar(np.asarray(predictions) == test_labels, knn_right)
+        block["classifier_vs_knn"] = {"classifier_only": clf, "knn_only": knn, "mcnemar_p": p}
+    return block

@@ -14,6 +14,24 @@ def predict(model, ds, verbose=0):
     return np.asarray(outputs), labels
 
 
+def mcnemar(first_right, second_right):
+    """McNemar's exact test of two classifiers answering the same items:
+    ``(first only, second only, p)``, the numbers of items only the first (second) gets
+    right, and the two-sided probability of a split of the disagreements at least this
+    uneven were neither classifier better (binomial, 1/2)."""
+    from scipy.stats import binomtest
+
+    first_right = np.asarray(first_right, dtype=bool)
+    second_right = np.asarray(second_right, dtype=bool)
+    if first_right.shape != second_right.shape:
+        raise ValueError(f"the two classifiers answered {first_right.shape} and "
+                         f"{second_right.shape} items")
+    first = int(np.sum(first_right & ~second_right))
+    second = int(np.sum(second_right & ~first_right))
+    p = binomtest(min(first, second), first + second, 0.5).pvalue if first + second else 1.0
+    return first, second, float(p)
+
+
 def classification_metrics(y_true, probs, class_names):
     """Accuracy, top-5 accuracy, macro precision / recall / F1, per-class accuracy,
     confusion matrix (rows: true class, columns: predicted), class names."""

@@ -182,11 +182,23 @@ def evaluate_run(config, data, run, classifier):
     embeddings, emb_labels = predict(encoder, test_ds, config.verbose)
     train_emb, train_labels = predict(
         encoder, supervised_batches(data.train, config.image_size, EVAL_BATCH), config.verbose)
-    metrics["embedding"] = embedding_metrics(train_emb, train_labels, embeddings, emb_labels)
+    metrics["embedding"] = embedding_metrics(train_emb, train_labels, embeddings, emb_labels,
+                                             predictions=probs.argmax(axis=1))
+    _warn_below_knn(metrics["embedding"]["classifier_vs_knn"])
     if is_chief():  # the figures and the export: process 0's run directory is the result
         _write_outputs(config, data, run, classifier, metrics, embeddings, emb_labels,
                        next(iter(test_ds))[0][:32])
     return metrics
+
+
+def _warn_below_knn(pair, alpha=0.05):
+    """A warning when the classifier is significantly below its own encoder's kNN vote:
+    its head did not fit the features (too few epochs, a learning rate, a probe)."""
+    if pair["knn_only"] > pair["classifier_only"] and pair["mcnemar_p"] < alpha:
+        log.warning("the classifier is below its encoder's kNN vote: %d test images only the "
+                    "kNN vote gets right, %d only the classifier (McNemar p = %.2g); its head "
+                    "did not fit the features (more epochs, another learning rate or probe)",
+                    pair["knn_only"], pair["classifier_only"], pair["mcnemar_p"])
 
 
 def _write_outputs(config, data, run, classifier, metrics, embeddings, emb_labels, sample):
