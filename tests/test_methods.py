@@ -180,6 +180,9 @@ def test_fine_tune_linear_and_nn_on_a_pretrained_encoder(barlow_run, tmp_path):
     for m, path in ((linear, tmp_path / "lin"), (nn, tmp_path / "nn")):
         on_disk = json.loads((path / "metrics.json").read_text())
         assert on_disk["accuracy"] == m["accuracy"] and 0 < m["accuracy"] <= 1
+        pair = m["embedding"]["classifier_vs_knn"]  # the probe beside the encoder's kNN vote
+        assert pair["classifier_only"] - pair["knn_only"] == round(
+            (m["accuracy"] - m["embedding"]["knn_accuracy"]) * m["num_examples"])
     # the encoder stayed frozen: its weights are the pre-trained ones
     pre = keras.models.load_model(run / "encoder.keras")
     for a, b in zip(pre.get_weights(),

@@ -158,10 +158,11 @@ def _fine_tune(encoder, data, probe, out, overwrite, settings):
     keras.utils.set_random_seed(config.seed)
     classifier = run.stage("linear", lambda: probe_stage(config, data, run, encoder),
                            "classifier.keras")
-    probs, labels = predict(classifier, supervised_batches(data.test, config.image_size,
-                                                           EVAL_BATCH), config.verbose)
+    test_ds = supervised_batches(data.test, config.image_size, EVAL_BATCH)
+    probs, labels = predict(classifier, test_ds, config.verbose)
     metrics = classification_metrics(labels, probs, data.class_names)
     metrics.update(dataset=data.name, probe=probe)
+    metrics["embedding"] = _embedding_block(config, data, encoder, test_ds, probs)[0]
     return classifier, run.finish(metrics, started)
 
 
@@ -179,16 +180,25 @@ def evaluate_run(config, data, run, classifier):
         probe = run.read_json(PROBE_FILE)
         metrics["probe"] = {k: probe[k] for k in ("protocol", "C", "epoch", "val_accuracy")
                             if k in probe}
-    embeddings, emb_labels = predict(encoder, test_ds, config.verbose)
-    train_emb, train_labels = predict(
-        encoder, supervised_batches(data.train, config.image_size, EVAL_BATCH), config.verbose)
-    metrics["embedding"] = embedding_metrics(train_emb, train_labels, embeddings, emb_labels,
-                                             predictions=probs.argmax(axis=1))
-    _warn_below_knn(metrics["embedding"]["classifier_vs_knn"])
+    metrics["embedding"], embeddings, emb_labels = _embedding_block(config, data, encoder,
+                                                                    test_ds, probs)
     if is_chief():  # the figures and the export: process 0's run directory is the result
         _write_outputs(config, data, run, classifier, metrics, embeddings, emb_labels,
                        next(iter(test_ds))[0][:32])
     return metrics
+
+
+def _embedding_block(config, data, encoder, test_ds, probs):
+    """``(metrics.json's embedding block, test embeddings, their labels)`` of ``encoder``,
+    the classifier's test predictions ``probs`` paired with the kNN vote (a warning when
+    the classifier is significantly below it)."""
+    embeddings, emb_labels = predict(encoder, test_ds, config.verbose)
+    train_emb, train_labels = predict(
+        encoder, supervised_batches(data.train, config.image_size, EVAL_BATCH), config.verbose)
+    block = embedding_metrics(train_emb, train_labels, embeddings, emb_labels,
+                              predictions=probs.argmax(axis=1))
+    _warn_below_knn(block["classifier_vs_knn"])
+    return block, embeddings, emb_labels
 
 
 def _warn_below_knn(pair, alpha=0.05):

@@ -163,7 +163,7 @@ def fit_mlp_probe(classifier, encoder, data, image_size, *, epochs=100, lr=1e-3,
     best = BestEpoch(monitor=monitor, tie_break="val_loss", mode="max", patience=epochs + 1)
     build_before_fit(head, train_ds.element_spec)
     history = head.fit(train_ds, epochs=epochs, validation_data=val_ds, callbacks=[best],
-                       verbose=0)
+                       shuffle=False, verbose=0)  # train_ds reshuffles itself each epoch
     kernel, bias = (np.asarray(w, dtype=np.float64) for w in hidden.get_weights())
     kernel, bias = fold_standardisation(kernel, bias, mean, scale)
     hidden.set_weights([kernel.astype("float32"), bias.astype("float32")])
