@@ -9,10 +9,11 @@ For each finished run directory, on the validation and the test split:
   the training split (L-BFGS, C chosen on validation, no refit): the best linear
   classifier of those features, so a head well below it is a head that did not fit.
 
-On test, the head and the kNN vote are compared image by image (McNemar's exact test:
-``head only`` / ``kNN only`` count the images one of them gets right and the other wrong;
-p is the two-sided binomial probability of a split at least this uneven when neither is
-better).
+On test, each pair of the three is compared image by image (McNemar's exact test: "a
+only" / "b only" count the images one of them gets right and the other wrong; p is the
+two-sided binomial probability of a split at least this uneven when neither is better).
+A head below the kNN vote whose probe is below it too is the linear read-out of those
+features, not a head that failed; a head below its probe is a head that did not fit.
 
     python experiments/head_vs_knn.py runs/cifar_budget_refit/ce-e160-s0 [RUN ...]
         [--out runs/head_vs_knn.json]
@@ -27,6 +28,8 @@ from pathlib import Path
 import numpy as np
 
 import keras_supcon  # noqa: F401  (before keras: the backend and logging set-up)
+
+PAIRS = (("head", "kNN"), ("head", "probe"), ("probe", "kNN"))
 
 
 def compare(run_dir):
@@ -62,18 +65,23 @@ def compare(run_dir):
         out[split] = {k: float(v.mean()) for k, v in right.items()}
         out[split]["images"] = int(len(y))
         if split == "test":
-            out["head_only"], out["knn_only"], out["p"] = mcnemar(right["head"], right["kNN"])
+            out["pairs"] = {f"{a} vs {b}": dict(zip(("first_only", "second_only", "p"),
+                                                    mcnemar(right[a], right[b])))
+                            for a, b in PAIRS}
     return out
 
 
 def table(rows):
-    lines = ["| run | val head | val kNN | val probe | test head | test kNN | test probe "
-             "| head only | kNN only | McNemar p |", "|" + "---|" * 10]
+    pairs = [f"{a} vs {b} (test)" for a, b in PAIRS]
+    lines = ["| run | val head | val kNN | val probe | test head | test kNN | test probe | "
+             + " | ".join(pairs) + " |", "|" + "---|" * (7 + len(pairs))]
     for r in rows:
         v, t = r["val"], r["test"]
+        cells = [f"{c['first_only']} / {c['second_only']}, p = {c['p']:.2g}"
+                 for c in r["pairs"].values()]
         lines.append(f"| {Path(r['run']).name} | {v['head']:.4f} | {v['kNN']:.4f} | "
-                     f"{v['probe']:.4f} | {t['head']:.4f} | {t['kNN']:.4f} | {t['probe']:.4f} "
-                     f"| {r['head_only']} | {r['knn_only']} | {r['p']:.2f} |")
+                     f"{v['probe']:.4f} | {t['head']:.4f} | {t['kNN']:.4f} | {t['probe']:.4f} | "
+                     + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
