@@ -205,13 +205,13 @@ def _warn_below_knn(pair, alpha=0.05):
     """A warning when the classifier is significantly below its own encoder's kNN vote: its
     head reads the features worse than 20 neighbours do. Under-fitted (too few epochs, a
     learning rate) or over-fitted (a long end-to-end run: ce at 160 epochs on the CIFAR
-    subset, whose head was below a linear probe refitted on its own features too;
+    subset, whose head was below a linear probe fitted on its own frozen features too;
     docs/results.md)."""
     if pair["knn_only"] > pair["classifier_only"] and pair["mcnemar_p"] < alpha:
         log.warning("the classifier is below its encoder's kNN vote: %d test images only the "
                     "kNN vote gets right, %d only the classifier (McNemar p = %.2g); its head "
                     "under- or over-fits the features (experiments/head_vs_knn.py compares it "
-                    "with a linear probe refitted on them)",
+                    "with a linear probe fitted on them)",
                     pair["knn_only"], pair["classifier_only"], pair["mcnemar_p"])
 
 
