@@ -17,7 +17,7 @@ from keras_supcon.cli.train import main as train_main
 from keras_supcon.compression.lottery import lottery_ticket
 from keras_supcon.compression.prune import prunable_layers
 from keras_supcon.data import load_dataset, supervised_batches
-from keras_supcon.data.pools import split_pools
+from keras_supcon.data.pools import split_pools, unlabelled_subset
 from keras_supcon.evaluation import predict
 from keras_supcon.losses import CenterLoss
 from keras_supcon.losses.registry import build_pretraining_loss as pretraining_loss
@@ -211,6 +211,11 @@ def test_holdout_pools_are_disjoint_and_stratified():
     labelled_images = np.concatenate([x.numpy() for x, _ in labelled.batch(512)])
     flat = {im.tobytes() for im in labelled_images}
     assert not any(train_images[i].tobytes() in flat for i in pool_idx)
+    # sizes known to Keras (a filter's are not: fit / predict would warn at each first pass)
+    assert int(labelled.cardinality()) == 100
+    subset, size = unlabelled_subset(pool_ds, (pool_idx, labels), 150)
+    assert size == 150 and int(subset.cardinality()) == 150
+    assert sum(1 for _ in subset) == 150
 
 
 def test_pseudo_labelling_study(tmp_path):

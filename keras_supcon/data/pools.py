@@ -26,7 +26,11 @@ def _labels_of(ds):
 
 
 def _select(ds, mask):
-    """The elements of ``ds`` whose position is True in ``mask`` (order kept)."""
+    """The elements of ``ds`` whose position is True in ``mask`` (order kept), with their
+    number as the dataset's cardinality: a filtered dataset's is unknown, and Keras warns
+    "Your input ran out of data; interrupting training" at the end of the first pass of
+    ``fit`` / ``predict`` over one."""
+    count = int(np.sum(mask))
     mask = tf.constant(mask, tf.bool)
 
     def selected(i, _):
@@ -35,7 +39,8 @@ def _select(ds, mask):
     def element(_, ex):
         return ex
 
-    return ds.enumerate().filter(selected).map(element)
+    selection = ds.enumerate().filter(selected).map(element)
+    return selection.apply(tf.data.experimental.assert_cardinality(count))
 
 
 def split_pools(data, spec, *, labelled, max_ratio, source="auto", data_dir=None, seed=0):
