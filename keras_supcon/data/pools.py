@@ -94,8 +94,9 @@ def unlabelled_subset(pool_ds, pool, count):
     if pool is None:  # an unlabelled split
         ds = pool_ds.take(count)
         n = int(ds.cardinality())
-        if n < 0:
+        if n < 0:  # counted once, then carried (see _select)
             n = int(ds.reduce(0, lambda c, _: c + 1))
+            ds = ds.apply(tf.data.experimental.assert_cardinality(n))
         return ds, n
     pool_idx, labels = pool
     mask = np.zeros(len(labels), bool)
