@@ -4,6 +4,7 @@ baseline, pseudo-labelling, and their one-line errors."""
 
 import csv
 import json
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -18,6 +19,7 @@ from keras_supcon.compression.lottery import lottery_ticket
 from keras_supcon.compression.prune import prunable_layers
 from keras_supcon.data import load_dataset, supervised_batches
 from keras_supcon.data.pools import split_pools, unlabelled_subset
+from keras_supcon.errors import ConfigError
 from keras_supcon.evaluation import predict
 from keras_supcon.losses import CenterLoss
 from keras_supcon.losses.registry import build_pretraining_loss as pretraining_loss
@@ -173,10 +175,17 @@ def test_fine_tune_linear_and_nn_on_a_pretrained_encoder(barlow_run, tmp_path):
     data = load_dataset("digits")
     _, linear = fine_tune_linear(run / "encoder.keras", data, out=str(tmp_path / "lin"),
                                  linear_epochs=2, verbose=0)
-    nn_classifier, nn = fine_tune_nn(keras.models.load_model(run / "encoder.keras"), "digits",
+    # a --dataset string is the data the probe is trained and tested on
+    tiny = str(Path(__file__).parent / "data" / "cifar10_tiny.npz")
+    nn_classifier, nn = fine_tune_nn(keras.models.load_model(run / "encoder.keras"), tiny,
                                      hidden=16, out=str(tmp_path / "nn"), linear_epochs=2,
                                      verbose=0)
     assert nn_classifier.get_layer("hidden").units == 16
+    assert (nn["dataset"], nn["num_examples"]) == (load_dataset(tiny).name,
+                                                   load_dataset(tiny).sizes["test"])
+    assert linear["dataset"] == "digits"
+    with pytest.raises(ConfigError, match="give the data once"):
+        fine_tune_linear(run / "encoder.keras", tiny, dataset="digits", out=str(tmp_path / "x"))
     for m, path in ((linear, tmp_path / "lin"), (nn, tmp_path / "nn")):
         on_disk = json.loads((path / "metrics.json").read_text())
         assert on_disk["accuracy"] == m["accuracy"] and 0 < m["accuracy"] <= 1
