@@ -286,6 +286,23 @@ def test_pseudo_labelling_reads_an_unlabelled_tfds_split(tmp_path):
     assert row["train_images"] == 10 + row["kept"]
 
 
+def test_pseudo_labelling_with_center_loss_trains_every_classifier_with_it(tmp_path):
+    import keras_supcon.training.build as build_module
+
+    stages, real = [], build_module.center_loss_model
+
+    def recording(classifier, *args, **kwargs):
+        stages.append(classifier.name)
+        return real(classifier, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(build_module, "center_loss_model", recording)
+        result = run_pseudo_labelling(TrainConfig(loss="center", **QUICK), ratios="1:0.5",
+                                      threshold=0.05, out=str(tmp_path / "c"), labelled=100)
+    assert len(result["rows"]) == 1
+    assert len(stages) == 2  # the teacher and the one student: CE + center loss, not CE alone
+
+
 # ------------------------------------------------------------------ one-line errors
 @pytest.mark.parametrize("main, argv, message", [
     (pseudo_main, ["--threshold", "1.5"], "confidence threshold must be in (0, 1]; got 1.5"),

@@ -148,7 +148,9 @@ def train_classifier(config, data, run, classifier, stage, epochs, lr, extra_cal
     """Cross-entropy training of ``classifier`` as stage ``stage`` of ``run`` (train split
     augmented unless ``config.augment`` is off, best validation-accuracy epoch kept (ties:
     the lower validation loss);
-    settings from ``config``; ``config.loss == "center"`` adds the center loss)."""
+    settings from ``config``; ``config.loss == "center"`` adds the center loss in every
+    job that trains a classifier this way: the run's, pseudo-labelling's teacher and
+    students, the lottery ticket's networks)."""
     n_train = data.sizes["train"]
     whole = whole_batches(config)
     train_ds = supervised_batches(data.train, config.image_size, config.batch_size,
@@ -159,7 +161,7 @@ def train_classifier(config, data, run, classifier, stage, epochs, lr, extra_cal
     val_ds = supervised_batches(data.val, config.image_size, config.batch_size,
                                 cache=config.cache, drop_remainder=whole)
     inference_model = classifier  # images -> probabilities
-    if config.loss == "center" and stage == "ce":
+    if config.loss == "center":
         classifier = build.center_loss_model(classifier, data.num_classes, config.center_weight,
                                              config.center_alpha)
         train_ds, val_ds = _labels_as_input(train_ds), _labels_as_input(val_ds)
