@@ -229,6 +229,9 @@ def test_settings_of_older_runs_mean_what_those_runs_did():
 
     old = TrainConfig.from_dict({"loss": "supcon", "linear_epochs": 2})  # before issue 14
     assert (old.augmentation, old.probe_fit) == ("simclr", "images")
+    # before 2026-11-25 every BatchNorm layer had Keras' momentum and no precise statistics:
+    # a lottery ticket or an ablation rebuilding such a run builds what it trained
+    assert (old.bn_momentum, old.precise_bn_batches) == (0.99, 0)
     assert TrainConfig.from_dict({"probe_solver": "lbfgs"}).probe_fit == "cached"
     new = dataclasses.asdict(TrainConfig(probe="nn"))
     assert TrainConfig.from_dict(new) == TrainConfig(probe="nn")   # None: the source default

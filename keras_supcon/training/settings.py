@@ -159,10 +159,13 @@ class TrainConfig:
     def from_dict(cls, d):
         """Settings from ``config.json``; settings of runs made before a setting existed
         mean what those runs did (no ``augmentation``: ``"simclr"``, the one policy
-        then; no ``probe_fit``: ``probe_solver`` lbfgs -> ``"cached"``, otherwise the
-        probe was trained on images)."""
+        then; no ``bn_momentum``: Keras' 0.99, with no precise BatchNorm; no
+        ``probe_fit``: ``probe_solver`` lbfgs -> ``"cached"``, otherwise the probe was
+        trained on images)."""
         d = dict(d)
         d.setdefault("augmentation", "simclr")
+        d.setdefault("bn_momentum", 0.99)
+        d.setdefault("precise_bn_batches", 0)
         if "probe_fit" not in d:
             d["probe_fit"] = "cached" if d.get("probe_solver") == "lbfgs" else "images"
         names = {f.name for f in dataclasses.fields(cls)}
