@@ -43,7 +43,9 @@ class PruneConfig:
                                        "sensitivity (per-layer sparsities)", choices=METHODS)
     schedule: str = setting("constant", "tfmot pruning schedule", choices=SCHEDULES)
     epochs: int = setting(2, "fine-tuning epochs (lottery: retraining epochs per round)")
-    lr: float = setting(1e-4, "fine-tuning learning rate (Adam)")
+    lr: float = setting(1e-4, "fine-tuning learning rate of tfmot pruning (Adam; with "
+                              "--method lottery, of the uniform job it is compared with: the "
+                              "ticket's own networks train with the run's optimizer and lr)")
     batch_size: int | None = setting(None, "default: the run's")
     m_by_n: str | None = setting(None, "structured sparsity, M zeros in every N weights (e.g. "
                                        "2:4)", metavar="M:N")
