@@ -181,8 +181,8 @@ def test_fine_tune_linear_and_nn_on_a_pretrained_encoder(barlow_run, tmp_path):
                                      hidden=16, out=str(tmp_path / "nn"), linear_epochs=2,
                                      verbose=0)
     assert nn_classifier.get_layer("hidden").units == 16
-    assert (nn["dataset"], nn["num_examples"]) == (load_dataset(tiny).name,
-                                                   load_dataset(tiny).sizes["test"])
+    tiny_data = load_dataset(tiny)
+    assert (nn["dataset"], nn["num_examples"]) == (tiny_data.name, tiny_data.sizes["test"])
     assert linear["dataset"] == "digits"
     with pytest.raises(ConfigError, match="give the data once"):
         fine_tune_linear(run / "encoder.keras", tiny, dataset="digits", out=str(tmp_path / "x"))

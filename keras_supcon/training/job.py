@@ -146,11 +146,12 @@ def _fine_tune(encoder, data, probe, out, overwrite, settings):
     if len(encoder.input_shape) != 4 or encoder.input_shape[-1] != 3 or size is None:
         raise ConfigError(f"the encoder must take images [B, S, S, 3]; it takes "
                           f"{encoder.input_shape}")
-    if not isinstance(data, DataSplits):  # a --dataset string: the settings' dataset
-        if settings.get("dataset", data) != data:
+    if not isinstance(data, DataSplits):  # a --dataset string (or path): the settings' dataset
+        data = str(data)
+        if str(settings.get("dataset", data)) != data:
             raise ConfigError(f"give the data once: data={data!r} and "
                               f"dataset={settings['dataset']!r}")
-        settings = dict(settings, dataset=str(data))
+        settings = dict(settings, dataset=data)
     config = TrainConfig(**{**settings, "loss": "supcon", "probe": probe, "image_size": None})
     config.out = out or str(default_run_dir(None, "fine-tune", probe))
     config.validate()
